@@ -1,0 +1,1 @@
+"""Model engines (installed as ``triage.models``)."""

@@ -1,0 +1,55 @@
+"""Model cards: a README.md written beside every saved model."""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+_LIBRARIES = ("triage", "numpy", "scikit-learn", "scipy", "jieba", "OpenCC", "safetensors", "torch")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a model was built with, for the card and the config."""
+    versions = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    lines = ["| key | value |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in rows]
+    return "\n".join(lines)
+
+
+def write_model_card(directory: Path, config: dict[str, Any]) -> Path:
+    """Render ``config`` (labels, data summary, hyperparameters, metrics) as a Markdown card."""
+    heads = config.get("heads", {})
+    sections = [
+        f"# {config['name']} ({config['engine']} engine), version {config['version']}",
+        "Triage model for Chinese customer messages, produced by the `triage` library.",
+        "## Labels",
+        "\n".join(f"- **{head}**: {', '.join(spec['labels'])}" for head, spec in heads.items()),
+        "## Training data",
+        "```json\n" + json.dumps(config.get("data", {}), ensure_ascii=False, indent=2) + "\n```",
+        "## Hyperparameters (non-default values)",
+        _table([(k, json.dumps(v)) for k, v in config.get("non_default_hyperparameters", {}).items()])
+        or "none",
+        "## Metrics",
+        "```json\n" + json.dumps(config.get("metrics", {}), ensure_ascii=False, indent=2) + "\n```",
+        "## Review thresholds",
+        "```json\n" + json.dumps(config.get("thresholds", {}), indent=2) + "\n```",
+        "## Library versions",
+        _table(sorted(config.get("library_versions", {}).items())),
+        "## Files",
+        "`config.json` (this card's source), `model.safetensors` (weights). No pickle is used.",
+    ]
+    path = directory / "README.md"
+    path.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,336 @@
+"""The default engine: hashed character and word n-grams, TF-IDF, one linear head per task.
+
+Hashing keeps the saved model free of a vocabulary: the feature space is fixed by the config,
+the inverse document frequencies and the head weights are the only learned arrays, and they are
+stored in safetensors beside a JSON config. Only the columns a head actually uses are stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+from safetensors.numpy import load_file, save_file
+from sklearn.feature_extraction.text import HashingVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import normalize as l2_normalize
+
+from triage.errors import ConfigError, ModelError
+from triage.models.card import library_versions, write_model_card
+from triage.text import Segmenter, segment
+
+FloatArray = NDArray[np.float32]
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    """Hyperparameters of the linear engine; validated on creation."""
+
+    char_ngram_min: int = 1
+    char_ngram_max: int = 3
+    word_ngram_max: int = 2
+    char_features_log2: int = 19
+    word_features_log2: int = 18
+    segmenter: str = Segmenter.JIEBA.value
+    regularization_c: dict[str, float] = field(
+        default_factory=lambda: {"topic": 8.0, "sentiment": 4.0, "urgency": 8.0, "complaint": 4.0}
+    )
+    class_weight: str | None = "balanced"
+    max_iter: int = 3000
+
+    def __post_init__(self) -> None:
+        def fail(name: str, expected: str) -> None:
+            raise ConfigError(f"LinearConfig.{name}: expected {expected} (got {getattr(self, name)!r})")
+
+        if not 1 <= self.char_ngram_min <= self.char_ngram_max <= 6:
+            fail("char_ngram_max", "1 <= char_ngram_min <= char_ngram_max <= 6")
+        if not 1 <= self.word_ngram_max <= 3:
+            fail("word_ngram_max", "an integer from 1 to 3")
+        for name in ("char_features_log2", "word_features_log2"):
+            if not 10 <= getattr(self, name) <= 22:
+                fail(name, "an integer from 10 to 22")
+        if self.segmenter not in {s.value for s in Segmenter}:
+            fail("segmenter", f"one of {[s.value for s in Segmenter]}")
+        if any(c <= 0 for c in self.regularization_c.values()):
+            fail("regularization_c", "positive values")
+        if self.class_weight not in (None, "balanced"):
+            fail("class_weight", "'balanced' or null")
+
+    def non_defaults(self) -> dict[str, Any]:
+        default = LinearConfig()
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(default, f.name)
+        }
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One output head: its labels and how scores become probabilities."""
+
+    labels: list[str]
+    activation: str  # "softmax" over labels, or "sigmoid" for two labels (P(labels[1]))
+
+
+@dataclass(frozen=True)
+class HeadData:
+    """Training rows for one head; rows without this head's label are simply absent."""
+
+    texts: Sequence[str]
+    labels: Sequence[str]
+    weights: Sequence[float] | None = None
+
+
+class Featurizer:
+    """Text → L2-normalised TF-IDF rows over hashed char and word n-grams."""
+
+    def __init__(self, config: LinearConfig, idf_char: FloatArray, idf_word: FloatArray):
+        self.config = config
+        self.segmenter = Segmenter(config.segmenter)
+        self.idf_char = idf_char
+        self.idf_word = idf_word
+        self._char = HashingVectorizer(
+            analyzer="char",
+            ngram_range=(config.char_ngram_min, config.char_ngram_max),
+            n_features=2**config.char_features_log2,
+            alternate_sign=False,
+            norm=None,
+            lowercase=True,
+            dtype=np.float32,
+        )
+        self._word = HashingVectorizer(
+            analyzer="word",
+            tokenizer=str.split,
+            token_pattern=None,
+            ngram_range=(1, config.word_ngram_max),
+            n_features=2**config.word_features_log2,
+            alternate_sign=False,
+            norm=None,
+            lowercase=True,
+            dtype=np.float32,
+        )
+
+    @property
+    def n_features(self) -> int:
+        return int(2**self.config.char_features_log2 + 2**self.config.word_features_log2)
+
+    def counts(self, texts: Sequence[str]) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        words = [" ".join(segment(t, self.segmenter)) for t in texts]
+        return self._char.transform(texts), self._word.transform(words)
+
+    @staticmethod
+    def _tfidf(counts: sp.csr_matrix, idf: FloatArray) -> sp.csr_matrix:
+        weighted = counts.copy()
+        weighted.data = (1.0 + np.log(weighted.data)) * idf[weighted.indices]
+        return l2_normalize(weighted, copy=False)
+
+    def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
+        char_counts, word_counts = self.counts(texts)
+        return sp.hstack(
+            [self._tfidf(char_counts, self.idf_char), self._tfidf(word_counts, self.idf_word)],
+            format="csr",
+        )
+
+    @classmethod
+    def fit(cls, config: LinearConfig, texts: Sequence[str]) -> Featurizer:
+        unfitted = cls(config, np.ones(1, np.float32), np.ones(1, np.float32))
+        char_counts, word_counts = unfitted.counts(texts)
+
+        def idf(counts: sp.csr_matrix) -> FloatArray:
+            document_frequency = np.bincount(counts.indices, minlength=counts.shape[1])
+            n_documents = counts.shape[0]
+            return (np.log((1 + n_documents) / (1 + document_frequency)) + 1).astype(np.float32)
+
+        return cls(config, idf(char_counts), idf(word_counts))
+
+
+class LinearEngine:
+    """Linear heads over a shared featurizer. ``predict_proba`` is the only model call."""
+
+    engine = "linear"
+
+    def __init__(
+        self,
+        config: LinearConfig,
+        featurizer: Featurizer,
+        heads: dict[str, HeadSpec],
+        weights: FloatArray,
+        biases: FloatArray,
+        meta: dict[str, Any] | None = None,
+    ):
+        self.config = config
+        self.featurizer = featurizer
+        self.heads = heads
+        self.weights = weights  # (n_features, total outputs), all heads side by side
+        self.biases = biases
+        self.meta = dict(meta or {})
+        offsets = np.cumsum([0] + [self._width(spec) for spec in heads.values()])
+        self._slices = {
+            name: slice(int(offsets[i]), int(offsets[i + 1])) for i, name in enumerate(heads)
+        }
+
+    @staticmethod
+    def _width(spec: HeadSpec) -> int:
+        return 1 if spec.activation == "sigmoid" else len(spec.labels)
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", "triage-linear"))
+
+    @property
+    def version(self) -> str:
+        return str(self.meta.get("version", "unsaved"))
+
+    def predict_proba(self, texts: Sequence[str]) -> dict[str, FloatArray]:
+        """Probabilities per head, rows aligned with ``texts``; columns follow the head's labels."""
+        if not texts:
+            return {name: np.zeros((0, len(s.labels)), np.float32) for name, s in self.heads.items()}
+        scores = np.asarray(self.featurizer.transform(texts) @ self.weights) + self.biases
+        out: dict[str, FloatArray] = {}
+        for name, spec in self.heads.items():
+            block = scores[:, self._slices[name]]
+            if spec.activation == "sigmoid":
+                positive = 1.0 / (1.0 + np.exp(-block[:, 0]))
+                out[name] = np.stack([1.0 - positive, positive], axis=1).astype(np.float32)
+            else:
+                shifted = np.exp(block - block.max(axis=1, keepdims=True))
+                out[name] = (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
+        return out
+
+    @classmethod
+    def fit(
+        cls,
+        config: LinearConfig,
+        data: dict[str, HeadData],
+        label_sets: dict[str, list[str]],
+        *,
+        seed: int = 0,
+    ) -> LinearEngine:
+        """Fit the featurizer on all texts, then one logistic regression per head."""
+        all_texts = list(dict.fromkeys(t for head in data.values() for t in head.texts))
+        featurizer = Featurizer.fit(config, all_texts)
+        heads: dict[str, HeadSpec] = {}
+        blocks: list[FloatArray] = []
+        biases: list[FloatArray] = []
+        for name, head in data.items():
+            labels = label_sets[name]
+            unknown = sorted(set(head.labels) - set(labels))
+            if unknown:
+                raise ConfigError(f"head {name!r}: labels {unknown} are not in {labels}")
+            y = np.array([labels.index(label) for label in head.labels])
+            classifier = LogisticRegression(
+                C=config.regularization_c.get(name, 4.0),
+                class_weight=config.class_weight,
+                max_iter=config.max_iter,
+                random_state=seed,
+            )
+            weights = None if head.weights is None else np.asarray(head.weights, np.float64)
+            # Fit on the columns that occur in this head's rows only: columns that never occur
+            # get zero weight under L2 regularisation anyway, and the solver runs far faster.
+            features = featurizer.transform(head.texts)
+            used = np.unique(features.indices)
+            classifier.fit(features[:, used], y, sample_weight=weights)
+            spec = HeadSpec(labels, "sigmoid" if len(labels) == 2 else "softmax")
+            coef = np.zeros((classifier.coef_.shape[0] if len(labels) == 2 else len(labels),
+                             featurizer.n_features), np.float32)
+            intercept = np.zeros(coef.shape[0], np.float32)
+            # Classes absent from the training rows keep zero weights and a very low bias.
+            present = classifier.classes_
+            if len(labels) == 2:
+                coef[:, used] = classifier.coef_
+                intercept[:] = classifier.intercept_
+            elif len(present) == 2:  # binary fit: softmax over (0, w·x) equals the sigmoid
+                intercept[:] = -30.0
+                intercept[present[0]] = 0.0
+                coef[present[1], used] = classifier.coef_[0]
+                intercept[present[1]] = classifier.intercept_[0]
+            else:
+                intercept[:] = -30.0
+                coef[np.ix_(present, used)] = classifier.coef_
+                intercept[present] = classifier.intercept_
+            heads[name] = spec
+            blocks.append(coef.T)
+            biases.append(intercept)
+        return cls(config, featurizer, heads, np.hstack(blocks), np.concatenate(biases))
+
+    def save(self, directory: Path, meta: dict[str, Any] | None = None) -> Path:
+        """Write ``model.safetensors``, ``config.json`` and a model card ``README.md``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            "features.char.idf": self.featurizer.idf_char,
+            "features.word.idf": self.featurizer.idf_word,
+        }
+        for name, part in self._slices.items():
+            block = self.weights[:, part]
+            columns = np.flatnonzero(np.any(block != 0, axis=1))
+            tensors[f"heads.{name}.columns"] = columns.astype(np.int64)
+            tensors[f"heads.{name}.weight"] = np.ascontiguousarray(block[columns].T)
+            tensors[f"heads.{name}.bias"] = np.ascontiguousarray(self.biases[part])
+        weights_path = directory / WEIGHTS_FILE
+        save_file(tensors, str(weights_path))
+        self.meta.update(meta or {})
+        self.meta["version"] = hashlib.sha256(weights_path.read_bytes()).hexdigest()[:12]
+        config = {
+            "format_version": FORMAT_VERSION,
+            "engine": self.engine,
+            "name": self.name,
+            **{k: v for k, v in self.meta.items() if k != "name"},
+            "features": asdict(self.config),
+            "non_default_hyperparameters": self.config.non_defaults(),
+            "heads": {name: asdict(spec) for name, spec in self.heads.items()},
+            "library_versions": library_versions(),
+        }
+        (directory / CONFIG_FILE).write_text(
+            json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
+        write_model_card(directory, config)
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> LinearEngine:
+        """Load a model saved by :meth:`save`; errors name the directory and what is missing."""
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise ModelError(f"{directory}: not a triage model directory ({path.name} missing)")
+        try:
+            saved = json.loads(config_path.read_text(encoding="utf-8"))
+            tensors = load_file(str(weights_path))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{directory}: unreadable model files ({exc})") from exc
+        if saved.get("engine") != cls.engine or saved.get("format_version") != FORMAT_VERSION:
+            raise ModelError(
+                f"{config_path}: expected engine 'linear' format {FORMAT_VERSION}, got engine "
+                f"{saved.get('engine')!r} format {saved.get('format_version')!r}"
+            )
+        config = LinearConfig(**saved["features"])
+        featurizer = Featurizer(
+            config, tensors["features.char.idf"], tensors["features.word.idf"]
+        )
+        heads = {name: HeadSpec(**spec) for name, spec in saved["heads"].items()}
+        blocks, biases = [], []
+        for name in heads:
+            block = np.zeros(
+                (featurizer.n_features, tensors[f"heads.{name}.bias"].shape[0]), np.float32
+            )
+            block[tensors[f"heads.{name}.columns"]] = tensors[f"heads.{name}.weight"].T
+            blocks.append(block)
+            biases.append(tensors[f"heads.{name}.bias"])
+        meta = {
+            k: v
+            for k, v in saved.items()
+            if k not in {"features", "heads", "engine", "format_version", "library_versions",
+                         "non_default_hyperparameters"}
+        }
+        return cls(config, featurizer, heads, np.hstack(blocks), np.concatenate(biases), meta)

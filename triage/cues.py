@@ -1,0 +1,115 @@
+"""Urgency cues: lexicon matching with negation awareness.
+
+The lexicon is data (``triage/data/cues.yaml``). Each hit reports its kind, the matched text and
+its span in the text it was matched on, and carries the urgency floor of its kind.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from triage.resources import load_data_file, packaged_data_path
+from triage.taxonomy import Taxonomy
+
+# A clause ends at these characters; negation never reaches across them.
+_CLAUSE_END = set(",.;!?，。；！？\n")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NegationSpec(_Strict):
+    window: int = Field(ge=0, le=20)
+    words: list[str]
+
+
+class CueKindSpec(_Strict):
+    floor: str
+    description: str
+    terms: list[str] = Field(default_factory=list)
+    patterns: list[str] = Field(default_factory=list)
+
+    @field_validator("patterns")
+    @classmethod
+    def _compilable(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {pattern!r} ({exc})") from exc
+        return patterns
+
+
+class CueLexicon(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, ignored_types=(cached_property,))
+
+    negation: NegationSpec
+    kinds: dict[str, CueKindSpec] = Field(min_length=1)
+
+    def check_floors(self, taxonomy: Taxonomy, source: str) -> None:
+        """Every floor must be an urgency level of the taxonomy in use."""
+        from triage.errors import ConfigError
+
+        for name, kind in self.kinds.items():
+            if kind.floor not in taxonomy.urgency_ids:
+                raise ConfigError(
+                    f"{source}: kinds.{name}.floor: expected one of {taxonomy.urgency_ids}"
+                    f" (got {kind.floor!r})"
+                )
+
+    @cached_property
+    def _matcher(self) -> re.Pattern[str]:
+        groups = []
+        for index, kind in enumerate(self.kinds.values()):
+            alternatives = [re.escape(t.lower()) for t in sorted(kind.terms, key=len, reverse=True)]
+            alternatives += kind.patterns
+            if alternatives:
+                groups.append(f"(?P<k{index}>{'|'.join(alternatives)})")
+        return re.compile("|".join(groups), re.IGNORECASE)
+
+    @cached_property
+    def _kind_names(self) -> list[str]:
+        return list(self.kinds)
+
+    def _negated(self, text: str, start: int) -> bool:
+        window_start = start
+        while window_start > 0 and start - window_start < self.negation.window:
+            if text[window_start - 1] in _CLAUSE_END:
+                break
+            window_start -= 1
+        before = text[window_start:start]
+        return any(word in before for word in self.negation.words)
+
+    def find(self, text: str) -> list[Cue]:
+        """All non-negated cue hits in ``text``, in order of appearance."""
+        hits = []
+        for match in self._matcher.finditer(text):
+            group = match.lastgroup
+            if group is None or self._negated(text, match.start()):
+                continue
+            name = self._kind_names[int(group[1:])]
+            hits.append(Cue(name, match.group(), match.start(), match.end(), self.kinds[name].floor))
+        return hits
+
+
+@dataclass(frozen=True)
+class Cue:
+    kind: str
+    text: str
+    start: int
+    end: int
+    floor: str
+
+
+def load_cue_lexicon(taxonomy: Taxonomy, path: Path | None = None) -> CueLexicon:
+    """Load and validate a cue lexicon against the taxonomy's urgency levels."""
+    path = path or packaged_data_path("cues.yaml")
+    lexicon = load_data_file(path, CueLexicon)
+    lexicon.check_floors(taxonomy, str(path))
+    return lexicon

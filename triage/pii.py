@@ -1,0 +1,91 @@
+"""Masking of personal data so that stored and logged text never carries it.
+
+Mobile and landline numbers, e-mail addresses, 18-digit resident ID numbers (checksum verified)
+and bank card numbers (Luhn verified) are replaced by a bracketed tag such as ``<PHONE>``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_ID_CHECK = "10X98765432"
+
+
+def is_valid_resident_id(number: str) -> bool:
+    """GB 11643 checksum of an 18-character resident identity number."""
+    if len(number) != 18 or not number[:17].isdigit():
+        return False
+    total = sum(int(d) * w for d, w in zip(number[:17], _ID_WEIGHTS, strict=True))
+    return _ID_CHECK[total % 11] == number[17].upper()
+
+
+def passes_luhn(digits: str) -> bool:
+    """Luhn checksum used by bank card numbers."""
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = int(char)
+        if position % 2 == 1:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+@dataclass(frozen=True)
+class PiiSpan:
+    kind: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class MaskedText:
+    text: str
+    spans: tuple[PiiSpan, ...]
+
+
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+_ID = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
+# Card numbers start with 3-6 (Amex/JCB, Visa, Mastercard, UnionPay), which keeps most
+# order and tracking numbers (often date-prefixed: 2024...) out.
+_CARD = re.compile(r"(?<![0-9])[3-6](?:[ -]?\d){11,17}\d(?![0-9])")
+_MOBILE = re.compile(r"(?<![0-9])(?:(?:\+|00)?86[ -]?)?1[3-9]\d[ -]?\d{4}[ -]?\d{4}(?![0-9])")
+_LANDLINE = re.compile(r"(?<![0-9])(?:\(0\d{2,3}\)|0\d{2,3}[ -]?)[2-9]\d{6,7}(?:-\d{1,5})?(?![0-9])")
+
+
+def _card_like(match: str) -> bool:
+    digits = re.sub(r"[ -]", "", match)
+    return 13 <= len(digits) <= 19 and passes_luhn(digits)
+
+
+# Checked in this order; a later pattern never matches inside an earlier span.
+_DETECTORS: tuple[tuple[str, re.Pattern[str], object], ...] = (
+    ("EMAIL", _EMAIL, None),
+    ("ID", _ID, is_valid_resident_id),
+    ("CARD", _CARD, _card_like),
+    ("PHONE", _MOBILE, None),
+    ("PHONE", _LANDLINE, None),
+)
+
+
+def mask_pii(text: str) -> MaskedText:
+    """Replace personal data with ``<KIND>`` tags; spans index the input text."""
+    found: list[PiiSpan] = []
+    for kind, pattern, check in _DETECTORS:
+        for match in pattern.finditer(text):
+            if callable(check) and not check(match.group()):
+                continue
+            if any(s.start < match.end() and match.start() < s.end for s in found):
+                continue
+            found.append(PiiSpan(kind, match.start(), match.end()))
+    if not found:
+        return MaskedText(text, ())
+    found.sort(key=lambda s: s.start)
+    pieces, cursor = [], 0
+    for span in found:
+        pieces.append(text[cursor : span.start])
+        pieces.append(f"<{span.kind}>")
+        cursor = span.end
+    pieces.append(text[cursor:])
+    return MaskedText("".join(pieces), tuple(found))

@@ -1,0 +1,200 @@
+"""The triage pipeline: ``preprocess → _forward → postprocess``; only ``_forward`` runs the model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from triage.cues import Cue, CueLexicon, load_cue_lexicon
+from triage.errors import InputError, ModelError
+from triage.models.linear import FloatArray, LinearEngine
+from triage.pii import mask_pii
+from triage.schemas import CueHit, Message, ModelInfo, TriageResult
+from triage.taxonomy import Taxonomy, load_taxonomy
+from triage.text import normalize
+
+HEADS = ("topic", "sentiment", "urgency", "complaint")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Decision thresholds stored with a model (tuned on the dev set by ``triage train``)."""
+
+    secondary_topic: float = 0.25
+    complaint: float = 0.5
+    review_topic_confidence: float = 0.5
+    review_urgency_confidence: float = 0.5
+    review_complaint_margin: float = 0.15
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> Thresholds:
+        known = {k: float(v) for k, v in values.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A message after text preparation: what the model and the lexicon see."""
+
+    id: str | None
+    masked_text: str
+    channel: str | None
+    cues: list[CueHit] = field(default_factory=list)
+
+
+def _cue_hit(cue: Cue) -> CueHit:
+    return CueHit(kind=cue.kind, text=cue.text, start=cue.start, end=cue.end, floor=cue.floor)
+
+
+class TriagePipeline:
+    """Runs a model engine with the taxonomy and the cue lexicon over messages."""
+
+    def __init__(
+        self,
+        engine: LinearEngine,
+        taxonomy: Taxonomy | None = None,
+        lexicon: CueLexicon | None = None,
+        max_text_length: int = 5000,
+    ):
+        self.engine = engine
+        self.taxonomy = taxonomy or load_taxonomy()
+        self.lexicon = lexicon or load_cue_lexicon(self.taxonomy)
+        self.max_text_length = max_text_length
+        self.thresholds = Thresholds.from_mapping(engine.meta.get("thresholds", {}))
+        self._check_labels()
+
+    @classmethod
+    def from_directory(cls, directory: Path, **kwargs: Any) -> TriagePipeline:
+        return cls(LinearEngine.load(directory), **kwargs)
+
+    def _check_labels(self) -> None:
+        expected = {
+            "topic": self.taxonomy.topic_ids,
+            "sentiment": self.taxonomy.sentiments,
+            "urgency": self.taxonomy.urgency_ids,
+        }
+        for head in HEADS:
+            if head not in self.engine.heads:
+                raise ModelError(f"model {self.engine.name!r} has no {head!r} head")
+        for head, labels in expected.items():
+            if self.engine.heads[head].labels != labels:
+                raise ModelError(
+                    f"model {self.engine.name!r}: {head} labels {self.engine.heads[head].labels}"
+                    f" do not match the taxonomy's {labels}"
+                )
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return ModelInfo(
+            name=self.engine.name, version=self.engine.version, engine=self.engine.engine
+        )
+
+    def preprocess(self, message: Message) -> Prepared:
+        """Normalise, mask personal data and find urgency cues; rejects unusable text."""
+        if not message.text.strip():
+            raise InputError("text is empty or whitespace only")
+        if len(message.text) > self.max_text_length:
+            raise InputError(
+                f"text has {len(message.text)} characters; the limit is {self.max_text_length}"
+            )
+        masked = mask_pii(normalize(message.text)).text
+        cues = [_cue_hit(cue) for cue in self.lexicon.find(masked)]
+        tier = message.customer.tier if message.customer else None
+        if tier and tier.lower() == "vip" and "vip" in self.lexicon.kinds:
+            cues.append(
+                CueHit(kind="vip", text="customer.tier=vip", start=None, end=None,
+                       floor=self.lexicon.kinds["vip"].floor, source="metadata")
+            )
+        return Prepared(message.id, masked, message.channel, cues)
+
+    def _forward(self, texts: Sequence[str]) -> dict[str, FloatArray]:
+        return self.engine.predict_proba(texts)
+
+    def postprocess(self, prepared: Prepared, probs: dict[str, FloatArray]) -> TriageResult:
+        """Turn one row of head probabilities and the cues into a decision with its reasons."""
+        t = self.thresholds
+        topics = self.engine.heads["topic"].labels
+        topic_p, sentiment_p = probs["topic"], probs["sentiment"]
+        urgency_p, complaint_p = probs["urgency"], probs["complaint"]
+        topic_index = int(np.argmax(topic_p))
+        topic = topics[topic_index]
+        secondary = [
+            topics[i]
+            for i in np.argsort(-topic_p)
+            if i != topic_index and topic_p[i] >= t.secondary_topic
+        ][:3]
+        sentiments = self.engine.heads["sentiment"].labels
+        sentiment = sentiments[int(np.argmax(sentiment_p))]
+        score = float(sentiment_p[sentiments.index("positive")] - sentiment_p[sentiments.index("negative")])
+
+        levels = self.taxonomy.urgency_ids
+        model_urgency = levels[int(np.argmax(urgency_p))]
+        urgency = model_urgency
+        explanation = [
+            f"topic {topic} ({topic_p[topic_index]:.2f})",
+            f"sentiment {sentiment} (score {score:+.2f})",
+        ]
+        floor_cues = sorted(prepared.cues, key=lambda c: self.taxonomy.urgency_rank(c.floor))
+        if floor_cues and self.taxonomy.urgency_rank(floor_cues[0].floor) < levels.index(urgency):
+            strongest = floor_cues[0]
+            urgency = strongest.floor
+            explanation.append(
+                f"urgency raised from {model_urgency} (model) to {urgency} by cue "
+                f"{strongest.kind}: {strongest.text!r}"
+            )
+        else:
+            explanation.append(f"urgency {urgency} from the model ({urgency_p.max():.2f})")
+
+        complaint_score = float(complaint_p[1])
+        is_complaint = complaint_score >= t.complaint
+        explanation.append(f"complaint {'yes' if is_complaint else 'no'} ({complaint_score:.2f})")
+
+        reasons = []
+        if topic_p[topic_index] < t.review_topic_confidence:
+            reasons.append(f"topic confidence {topic_p[topic_index]:.2f} < {t.review_topic_confidence:.2f}")
+        if urgency == model_urgency and urgency_p.max() < t.review_urgency_confidence:
+            reasons.append(f"urgency confidence {urgency_p.max():.2f} < {t.review_urgency_confidence:.2f}")
+        if abs(complaint_score - t.complaint) < t.review_complaint_margin:
+            reasons.append(f"complaint score {complaint_score:.2f} is close to {t.complaint:.2f}")
+
+        def scores(labels: list[str], row: FloatArray) -> dict[str, float]:
+            return {label: round(float(p), 4) for label, p in zip(labels, row, strict=True)}
+
+        return TriageResult(
+            id=prepared.id,
+            topic=topic,
+            topic_scores=scores(topics, topic_p),
+            secondary_topics=secondary,
+            sentiment=sentiment,
+            sentiment_score=round(max(-1.0, min(1.0, score)), 4),
+            sentiment_scores=scores(sentiments, sentiment_p),
+            urgency=urgency,
+            urgency_scores=scores(levels, urgency_p),
+            cues=prepared.cues,
+            is_complaint=is_complaint,
+            complaint_score=round(complaint_score, 4),
+            needs_review=bool(reasons),
+            review_reasons=reasons,
+            explanation=explanation,
+            masked_text=prepared.masked_text,
+            channel=prepared.channel,
+            model=self.model_info,
+        )
+
+    def run_prepared(self, prepared: Sequence[Prepared]) -> list[TriageResult]:
+        probs = self._forward([p.masked_text for p in prepared])
+        return [
+            self.postprocess(p, {head: probs[head][i] for head in HEADS})
+            for i, p in enumerate(prepared)
+        ]
+
+    def __call__(self, messages: Sequence[Message]) -> list[TriageResult]:
+        """Triage messages in one batch; raises :class:`InputError` on the first unusable one."""
+        return self.run_prepared([self.preprocess(m) for m in messages])
+
+    def triage_one(self, text: str, **fields: Any) -> TriageResult:
+        return self([Message(text=text, **fields)])[0]

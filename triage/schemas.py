@@ -1,0 +1,65 @@
+"""The public data shapes: one message in, one result out, for the API, the CLI and batch."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Customer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(default=None, max_length=200)
+    tier: str | None = Field(default=None, max_length=50, description="e.g. standard or vip")
+
+
+class Message(BaseModel):
+    """A customer message as it arrives."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(default=None, max_length=200)
+    text: str
+    channel: str | None = Field(default=None, max_length=50)
+    customer: Customer | None = None
+
+
+class CueHit(BaseModel):
+    """An urgency signal found in the message (spans index ``masked_text``)."""
+
+    kind: str
+    text: str
+    start: int | None = Field(description="start offset in masked_text; null for metadata cues")
+    end: int | None
+    floor: str = Field(description="the lowest urgency this cue allows")
+    source: Literal["text", "metadata"] = "text"
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    engine: str
+
+
+class TriageResult(BaseModel):
+    """Everything decided about one message, with the evidence for each decision."""
+
+    id: str | None
+    topic: str
+    topic_scores: dict[str, float]
+    secondary_topics: list[str]
+    sentiment: str
+    sentiment_score: float = Field(ge=-1.0, le=1.0, description="P(positive) - P(negative)")
+    sentiment_scores: dict[str, float]
+    urgency: str
+    urgency_scores: dict[str, float] = Field(description="the model's probabilities before cues")
+    cues: list[CueHit]
+    is_complaint: bool
+    complaint_score: float
+    needs_review: bool
+    review_reasons: list[str]
+    explanation: list[str]
+    masked_text: str
+    channel: str | None
+    model: ModelInfo

@@ -1,0 +1,79 @@
+"""Text preparation: one normal form for every message before any model or lexicon sees it.
+
+Normalisation folds full-width forms (NFKC), converts traditional to simplified characters
+(OpenCC), strips HTML and collapses whitespace. Segmentation sits behind :class:`Segmenter`;
+jieba is imported only when word segmentation is first used.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import threading
+import unicodedata
+from enum import Enum
+from functools import cache
+from typing import Any
+
+from triage.resources import packaged_data_path
+
+_TAG = re.compile(r"<(?:/?[a-zA-Z][^<>]*|!--.*?--)>", re.DOTALL)
+_INVISIBLE = re.compile("[\u200b-\u200f\u2060\ufeff\u00ad]")
+_SPACES = re.compile(r"[^\S\n]+")
+_NEWLINES = re.compile(r"\s*\n\s*")
+
+
+@cache
+def _t2s() -> Any:
+    import opencc
+
+    return opencc.OpenCC("t2s")
+
+
+def strip_html(text: str) -> str:
+    """Drop tags and decode entities; ``<br>`` and block ends become line breaks."""
+    if "<" not in text and "&" not in text:
+        return text
+    text = re.sub(r"<\s*(?:br|/p|/div|/li|/tr)\s*/?>", "\n", text, flags=re.IGNORECASE)
+    return html.unescape(_TAG.sub("", text))
+
+
+def normalize(text: str) -> str:
+    """The normal form used everywhere: simplified, half-width, tag-free, tidy whitespace."""
+    text = strip_html(text)
+    text = unicodedata.normalize("NFKC", text)
+    text = _INVISIBLE.sub("", text)
+    text = str(_t2s().convert(text))
+    text = _SPACES.sub(" ", text)
+    return _NEWLINES.sub("\n", text).strip()
+
+
+class Segmenter(str, Enum):
+    """How text is cut into words for word-level features."""
+
+    JIEBA = "jieba"
+    CHAR = "char"
+
+
+_jieba_lock = threading.Lock()
+
+
+@cache
+def _jieba() -> Any:
+    with _jieba_lock:
+        import logging
+
+        import jieba
+
+        jieba.setLogLevel(logging.WARNING)
+        tokenizer = jieba.Tokenizer()
+        tokenizer.load_userdict(str(packaged_data_path("userdict.txt")))
+        tokenizer.initialize()
+        return tokenizer
+
+
+def segment(text: str, segmenter: Segmenter = Segmenter.JIEBA) -> list[str]:
+    """Words of a normalised text, without whitespace tokens."""
+    if segmenter is Segmenter.CHAR:
+        return [ch for ch in text if not ch.isspace()]
+    return [w for w in _jieba().lcut(text, HMM=False) if not w.isspace()]
