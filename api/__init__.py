@@ -1,0 +1,1 @@
+"""The REST API (installed as ``triage.api``)."""

@@ -1,0 +1,30 @@
+"""All runtime settings, in one place, read from ``TRIAGE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_model_dir() -> Path:
+    return Path.home() / ".local" / "share" / "triage" / "models" / "default"
+
+
+class Settings(BaseSettings):
+    """Service and library settings; e.g. ``TRIAGE_MODEL_DIR=/srv/models/v3``."""
+
+    model_config = SettingsConfigDict(env_prefix="TRIAGE_", env_file=".env", extra="ignore")
+
+    model_dir: Path = Field(default_factory=_default_model_dir)
+    train_if_missing: bool = Field(
+        default=True, description="train the default model from the seed corpus on first start"
+    )
+    taxonomy_path: Path | None = None
+    cues_path: Path | None = None
+    max_text_length: int = Field(default=5000, ge=1, le=100_000)
+    max_batch_items: int = Field(default=100, ge=1, le=10_000)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: str = "info"
