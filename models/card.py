@@ -39,7 +39,9 @@ def write_model_card(directory: Path, config: dict[str, Any]) -> Path:
         "## Training data",
         "```json\n" + json.dumps(config.get("data", {}), ensure_ascii=False, indent=2) + "\n```",
         "## Hyperparameters (non-default values)",
-        _table([(k, json.dumps(v)) for k, v in config.get("non_default_hyperparameters", {}).items()])
+        _table(
+            [(k, json.dumps(v)) for k, v in config.get("non_default_hyperparameters", {}).items()]
+        )
         or "none",
         "## Metrics",
         "```json\n" + json.dumps(config.get("metrics", {}), ensure_ascii=False, indent=2) + "\n```",

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import LogisticRegression
@@ -50,15 +51,31 @@ class LinearConfig:
 
     def __post_init__(self) -> None:
         def fail(name: str, expected: str) -> None:
-            raise ConfigError(f"LinearConfig.{name}: expected {expected} (got {getattr(self, name)!r})")
+            raise ConfigError(
+                f"LinearConfig.{name}: expected {expected} (got {getattr(self, name)!r})"
+            )
 
-        if not 1 <= self.char_ngram_min <= self.char_ngram_max <= 6:
-            fail("char_ngram_max", "1 <= char_ngram_min <= char_ngram_max <= 6")
+        for name in (
+            "char_ngram_min",
+            "char_ngram_max",
+            "word_ngram_max",
+            "char_features_log2",
+            "word_features_log2",
+            "max_iter",
+        ):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                fail(name, "an integer")
+        if not 1 <= self.char_ngram_min <= 6:
+            fail("char_ngram_min", "an integer from 1 to 6")
+        if not self.char_ngram_min <= self.char_ngram_max <= 6:
+            fail("char_ngram_max", f"an integer from char_ngram_min ({self.char_ngram_min}) to 6")
         if not 1 <= self.word_ngram_max <= 3:
             fail("word_ngram_max", "an integer from 1 to 3")
         for name in ("char_features_log2", "word_features_log2"):
             if not 10 <= getattr(self, name) <= 22:
                 fail(name, "an integer from 10 to 22")
+        if self.max_iter < 1:
+            fail("max_iter", "a positive integer")
         if self.segmenter not in {s.value for s in Segmenter}:
             fail("segmenter", f"one of {[s.value for s in Segmenter]}")
         if any(c <= 0 for c in self.regularization_c.values()):
@@ -150,7 +167,8 @@ class Featurizer:
         def idf(counts: sp.csr_matrix) -> FloatArray:
             document_frequency = np.bincount(counts.indices, minlength=counts.shape[1])
             n_documents = counts.shape[0]
-            return (np.log((1 + n_documents) / (1 + document_frequency)) + 1).astype(np.float32)
+            smoothed: FloatArray = np.log((1 + n_documents) / (1 + document_frequency)) + 1
+            return smoothed.astype(np.float32)
 
         return cls(config, idf(char_counts), idf(word_counts))
 
@@ -195,7 +213,9 @@ class LinearEngine:
     def predict_proba(self, texts: Sequence[str]) -> dict[str, FloatArray]:
         """Probabilities per head, rows aligned with ``texts``; columns follow the head's labels."""
         if not texts:
-            return {name: np.zeros((0, len(s.labels)), np.float32) for name, s in self.heads.items()}
+            return {
+                name: np.zeros((0, len(s.labels)), np.float32) for name, s in self.heads.items()
+            }
         scores = np.asarray(self.featurizer.transform(texts) @ self.weights) + self.biases
         out: dict[str, FloatArray] = {}
         for name, spec in self.heads.items():
@@ -242,8 +262,13 @@ class LinearEngine:
             used = np.unique(features.indices)
             classifier.fit(features[:, used], y, sample_weight=weights)
             spec = HeadSpec(labels, "sigmoid" if len(labels) == 2 else "softmax")
-            coef = np.zeros((classifier.coef_.shape[0] if len(labels) == 2 else len(labels),
-                             featurizer.n_features), np.float32)
+            coef = np.zeros(
+                (
+                    classifier.coef_.shape[0] if len(labels) == 2 else len(labels),
+                    featurizer.n_features,
+                ),
+                np.float32,
+            )
             intercept = np.zeros(coef.shape[0], np.float32)
             # Classes absent from the training rows keep zero weights and a very low bias.
             present = classifier.classes_
@@ -307,17 +332,30 @@ class LinearEngine:
         try:
             saved = json.loads(config_path.read_text(encoding="utf-8"))
             tensors = load_file(str(weights_path))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, SafetensorError) as exc:
             raise ModelError(f"{directory}: unreadable model files ({exc})") from exc
-        if saved.get("engine") != cls.engine or saved.get("format_version") != FORMAT_VERSION:
-            raise ModelError(
-                f"{config_path}: expected engine 'linear' format {FORMAT_VERSION}, got engine "
-                f"{saved.get('engine')!r} format {saved.get('format_version')!r}"
+        if (
+            not isinstance(saved, dict)
+            or saved.get("engine") != cls.engine
+            or (saved.get("format_version") != FORMAT_VERSION)
+        ):
+            got = (
+                saved
+                if not isinstance(saved, dict)
+                else {k: saved.get(k) for k in ("engine", "format_version")}
             )
+            raise ModelError(
+                f"{config_path}: expected engine 'linear' format {FORMAT_VERSION} (got {got!r})"
+            )
+        try:
+            return cls._from_saved(saved, tensors)
+        except (KeyError, TypeError, ValueError, IndexError, ConfigError) as exc:
+            raise ModelError(f"{directory}: incomplete or inconsistent model ({exc!r})") from exc
+
+    @classmethod
+    def _from_saved(cls, saved: dict[str, Any], tensors: dict[str, FloatArray]) -> LinearEngine:
         config = LinearConfig(**saved["features"])
-        featurizer = Featurizer(
-            config, tensors["features.char.idf"], tensors["features.word.idf"]
-        )
+        featurizer = Featurizer(config, tensors["features.char.idf"], tensors["features.word.idf"])
         heads = {name: HeadSpec(**spec) for name, spec in saved["heads"].items()}
         blocks, biases = [], []
         for name in heads:
@@ -330,7 +368,14 @@ class LinearEngine:
         meta = {
             k: v
             for k, v in saved.items()
-            if k not in {"features", "heads", "engine", "format_version", "library_versions",
-                         "non_default_hyperparameters"}
+            if k
+            not in {
+                "features",
+                "heads",
+                "engine",
+                "format_version",
+                "library_versions",
+                "non_default_hyperparameters",
+            }
         }
         return cls(config, featurizer, heads, np.hstack(blocks), np.concatenate(biases), meta)

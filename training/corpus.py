@@ -80,7 +80,9 @@ def load_corpus(path: Path, taxonomy: Taxonomy) -> list[CorpusRecord]:
             problems.append(f"{where}: id: expected unique ids (got duplicate {record.id!r})")
         records.append(record)
     if problems:
-        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        shown = problems[:20] + (
+            [f"... and {len(problems) - 20} more"] if len(problems) > 20 else []
+        )
         raise ConfigError("\n".join(shown))
     if not records:
         raise ConfigError(f"{path}: expected at least one record (the file is empty)")

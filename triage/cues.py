@@ -20,6 +20,16 @@ from triage.taxonomy import Taxonomy
 _CLAUSE_END = set(",.;!?，。；！？\n")
 
 
+def _literal(term: str) -> str:
+    """A term as a regex whose numeric edges never match inside a longer number (an order id)."""
+    pattern = re.escape(term.lower())
+    if term[:1].isdigit():
+        pattern = "(?<![0-9])" + pattern
+    if term[-1:].isdigit():
+        pattern += "(?![0-9])"
+    return pattern
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -27,6 +37,8 @@ class _Strict(BaseModel):
 class NegationSpec(_Strict):
     window: int = Field(ge=0, le=20)
     words: list[str]
+    # Words that contain a negation character without negating (不小心, 不停, 无缘无故).
+    ignore: list[str] = Field(default_factory=list)
 
 
 class CueKindSpec(_Strict):
@@ -67,7 +79,7 @@ class CueLexicon(_Strict):
     def _matcher(self) -> re.Pattern[str]:
         groups = []
         for index, kind in enumerate(self.kinds.values()):
-            alternatives = [re.escape(t.lower()) for t in sorted(kind.terms, key=len, reverse=True)]
+            alternatives = [_literal(t) for t in sorted(kind.terms, key=len, reverse=True)]
             alternatives += kind.patterns
             if alternatives:
                 groups.append(f"(?P<k{index}>{'|'.join(alternatives)})")
@@ -84,6 +96,8 @@ class CueLexicon(_Strict):
                 break
             window_start -= 1
         before = text[window_start:start]
+        for word in self.negation.ignore:
+            before = before.replace(word, " ")
         return any(word in before for word in self.negation.words)
 
     def find(self, text: str) -> list[Cue]:
@@ -94,7 +108,9 @@ class CueLexicon(_Strict):
             if group is None or self._negated(text, match.start()):
                 continue
             name = self._kind_names[int(group[1:])]
-            hits.append(Cue(name, match.group(), match.start(), match.end(), self.kinds[name].floor))
+            hits.append(
+                Cue(name, match.group(), match.start(), match.end(), self.kinds[name].floor)
+            )
         return hits
 
 

@@ -5,10 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
 
 
-def head_metrics(gold: Sequence[str], predicted: Sequence[str], labels: list[str]) -> dict[str, Any]:
+def head_metrics(
+    gold: Sequence[str], predicted: Sequence[str], labels: list[str]
+) -> dict[str, Any]:
     """Metrics for one head; labels fix the order of classes and of the confusion matrix."""
     precision, recall, f1, support = precision_recall_fscore_support(
         gold, predicted, labels=labels, zero_division=0
@@ -37,7 +44,9 @@ def format_report(metrics: dict[str, dict[str, Any]]) -> str:
     """Human-readable tables of :func:`head_metrics` results for several heads."""
     out = []
     for head, m in metrics.items():
-        out.append(f"== {head}: accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  (n={m['n']})")
+        out.append(
+            f"== {head}: accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  (n={m['n']})"
+        )
         out.append(f"{'class':<14}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")
         for label, c in m["per_class"].items():
             out.append(
@@ -46,14 +55,16 @@ def format_report(metrics: dict[str, dict[str, Any]]) -> str:
         labels = m["labels"]
         width = max(6, *(len(label) + 1 for label in labels))
         out.append("confusion matrix (rows: gold, columns: predicted)")
-        out.append(" " * width + "".join(f"{label[:width - 1]:>{width}}" for label in labels))
+        out.append(" " * width + "".join(f"{label[: width - 1]:>{width}}" for label in labels))
         for label, row in zip(labels, m["confusion_matrix"], strict=True):
             out.append(f"{label:<{width}}" + "".join(f"{v:>{width}}" for v in row))
         out.append("")
     return "\n".join(out)
 
 
-def evaluate_pipeline(pipeline: Any, records: Sequence[Any], batch_size: int = 512) -> dict[str, Any]:
+def evaluate_pipeline(
+    pipeline: Any, records: Sequence[Any], batch_size: int = 512
+) -> dict[str, Any]:
     """Run the full pipeline (model and cues) over labeled records and score every head."""
     from triage.schemas import Message
 
@@ -63,7 +74,9 @@ def evaluate_pipeline(pipeline: Any, records: Sequence[Any], batch_size: int = 5
         results += pipeline([Message(id=r.id, text=r.text, channel=r.channel) for r in chunk])
     taxonomy = pipeline.taxonomy
     return {
-        "topic": head_metrics([r.topic for r in records], [x.topic for x in results], taxonomy.topic_ids),
+        "topic": head_metrics(
+            [r.topic for r in records], [x.topic for x in results], taxonomy.topic_ids
+        ),
         "sentiment": head_metrics(
             [r.sentiment for r in records], [x.sentiment for x in results], taxonomy.sentiments
         ),

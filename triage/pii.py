@@ -14,8 +14,14 @@ _ID_CHECK = "10X98765432"
 
 
 def is_valid_resident_id(number: str) -> bool:
-    """GB 11643 checksum of an 18-character resident identity number."""
-    if len(number) != 18 or not number[:17].isdigit():
+    """GB 11643 identity number: region digit 1-8, a plausible birth date, valid checksum.
+
+    The date check keeps date-stamped 18-digit order numbers (2023110598...) from matching.
+    """
+    if len(number) != 18 or not number[:17].isdigit() or number[0] not in "12345678":
+        return False
+    year, month, day = int(number[6:10]), int(number[10:12]), int(number[12:14])
+    if not (1900 <= year <= 2099 and 1 <= month <= 12 and 1 <= day <= 31):
         return False
     total = sum(int(d) * w for d, w in zip(number[:17], _ID_WEIGHTS, strict=True))
     return _ID_CHECK[total % 11] == number[17].upper()
@@ -51,7 +57,9 @@ _ID = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
 # order and tracking numbers (often date-prefixed: 2024...) out.
 _CARD = re.compile(r"(?<![0-9])[3-6](?:[ -]?\d){11,17}\d(?![0-9])")
 _MOBILE = re.compile(r"(?<![0-9])(?:(?:\+|00)?86[ -]?)?1[3-9]\d[ -]?\d{4}[ -]?\d{4}(?![0-9])")
-_LANDLINE = re.compile(r"(?<![0-9])(?:\(0\d{2,3}\)|0\d{2,3}[ -]?)[2-9]\d{6,7}(?:-\d{1,5})?(?![0-9])")
+_LANDLINE = re.compile(
+    r"(?<![0-9])(?:\(0\d{2,3}\)|0\d{2,3}[ -]?)[2-9]\d{6,7}(?:-\d{1,5})?(?![0-9])"
+)
 
 
 def _card_like(match: str) -> bool:

@@ -1,4 +1,4 @@
-"""The triage pipeline: ``preprocess → _forward → postprocess``; only ``_forward`` runs the model."""
+"""The triage pipeline: ``preprocess → _forward → postprocess``; only ``_forward`` runs a model."""
 
 from __future__ import annotations
 
@@ -95,19 +95,26 @@ class TriagePipeline:
 
     def preprocess(self, message: Message) -> Prepared:
         """Normalise, mask personal data and find urgency cues; rejects unusable text."""
-        if not message.text.strip():
-            raise InputError("text is empty or whitespace only")
         if len(message.text) > self.max_text_length:
             raise InputError(
                 f"text has {len(message.text)} characters; the limit is {self.max_text_length}"
             )
-        masked = mask_pii(normalize(message.text)).text
+        normalized = normalize(message.text)
+        if not normalized:
+            raise InputError("text is empty or whitespace only (after removing markup)")
+        masked = mask_pii(normalized).text
         cues = [_cue_hit(cue) for cue in self.lexicon.find(masked)]
         tier = message.customer.tier if message.customer else None
         if tier and tier.lower() == "vip" and "vip" in self.lexicon.kinds:
             cues.append(
-                CueHit(kind="vip", text="customer.tier=vip", start=None, end=None,
-                       floor=self.lexicon.kinds["vip"].floor, source="metadata")
+                CueHit(
+                    kind="vip",
+                    text="customer.tier=vip",
+                    start=None,
+                    end=None,
+                    floor=self.lexicon.kinds["vip"].floor,
+                    source="metadata",
+                )
             )
         return Prepared(message.id, masked, message.channel, cues)
 
@@ -129,7 +136,9 @@ class TriagePipeline:
         ][:3]
         sentiments = self.engine.heads["sentiment"].labels
         sentiment = sentiments[int(np.argmax(sentiment_p))]
-        score = float(sentiment_p[sentiments.index("positive")] - sentiment_p[sentiments.index("negative")])
+        score = float(
+            sentiment_p[sentiments.index("positive")] - sentiment_p[sentiments.index("negative")]
+        )
 
         levels = self.taxonomy.urgency_ids
         model_urgency = levels[int(np.argmax(urgency_p))]
@@ -147,7 +156,11 @@ class TriagePipeline:
                 f"{strongest.kind}: {strongest.text!r}"
             )
         else:
-            explanation.append(f"urgency {urgency} from the model ({urgency_p.max():.2f})")
+            confirming = [c for c in floor_cues if c.floor == urgency][:1]
+            explanation.append(
+                f"urgency {urgency} from the model ({urgency_p.max():.2f})"
+                + "".join(f", confirmed by cue {c.kind}: {c.text!r}" for c in confirming)
+            )
 
         complaint_score = float(complaint_p[1])
         is_complaint = complaint_score >= t.complaint
@@ -155,9 +168,13 @@ class TriagePipeline:
 
         reasons = []
         if topic_p[topic_index] < t.review_topic_confidence:
-            reasons.append(f"topic confidence {topic_p[topic_index]:.2f} < {t.review_topic_confidence:.2f}")
+            reasons.append(
+                f"topic confidence {topic_p[topic_index]:.2f} < {t.review_topic_confidence:.2f}"
+            )
         if urgency == model_urgency and urgency_p.max() < t.review_urgency_confidence:
-            reasons.append(f"urgency confidence {urgency_p.max():.2f} < {t.review_urgency_confidence:.2f}")
+            reasons.append(
+                f"urgency confidence {urgency_p.max():.2f} < {t.review_urgency_confidence:.2f}"
+            )
         if abs(complaint_score - t.complaint) < t.review_complaint_margin:
             reasons.append(f"complaint score {complaint_score:.2f} is close to {t.complaint:.2f}")
 

@@ -11,7 +11,7 @@ import html
 import re
 import threading
 import unicodedata
-from enum import Enum
+from enum import StrEnum
 from functools import cache
 from typing import Any
 
@@ -39,16 +39,20 @@ def strip_html(text: str) -> str:
 
 
 def normalize(text: str) -> str:
-    """The normal form used everywhere: simplified, half-width, tag-free, tidy whitespace."""
-    text = strip_html(text)
-    text = unicodedata.normalize("NFKC", text)
-    text = _INVISIBLE.sub("", text)
+    """The normal form used everywhere: simplified, half-width, tag-free, tidy whitespace.
+
+    Full-width forms are folded first so that full-width or entity-encoded markup is recognised;
+    markup is stripped until nothing changes, which makes the function idempotent.
+    """
+    text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))
+    while (stripped := _INVISIBLE.sub("", unicodedata.normalize("NFKC", strip_html(text)))) != text:
+        text = stripped
     text = str(_t2s().convert(text))
     text = _SPACES.sub(" ", text)
     return _NEWLINES.sub("\n", text).strip()
 
 
-class Segmenter(str, Enum):
+class Segmenter(StrEnum):
     """How text is cut into words for word-level features."""
 
     JIEBA = "jieba"

@@ -1,0 +1,84 @@
+"""The FastAPI application: ``uvicorn triage.api.app:app`` serves it with settings from the
+environment. Creating the app is cheap; the model is loaded in the lifespan, at startup."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from triage import __version__
+from triage.api.errors import add_error_handlers
+from triage.api.middleware import log_requests
+from triage.api.routes import router
+from triage.config import Settings
+from triage.errors import TriageError
+from triage.service import load_pipeline
+
+logger = logging.getLogger("triage.api")
+
+DESCRIPTION = """\
+Triage of Chinese customer messages: topic, sentiment, urgency (with the cues that raised it),
+complaint detection and review flags. Personal data (phone numbers, e-mail addresses, ID and
+bank card numbers) is masked before anything is stored, logged or returned.
+
+**Limits:** `text` is at most {max_text_length} characters; a batch holds 1 to
+{max_batch_items} items.
+
+**Errors** always have the body `{{"error": {{"code", "message", "details"}}}}`; `details`
+lists each problem with its location (`loc`), e.g. `["body", "items", 2, "text"]`.
+"""
+
+
+def _configure_logging(level: str) -> None:
+    """Make ``triage`` logs visible under plain uvicorn, which only sets up its own loggers."""
+    triage_logger = logging.getLogger("triage")
+    triage_logger.setLevel(level.upper())
+    if not triage_logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        triage_logger.addHandler(handler)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load the model once. If it cannot be loaded the process keeps serving: ``/healthz`` is
+    200 while ``/readyz`` and the triage endpoints answer 503, so an orchestrator sees why."""
+    settings: Settings = app.state.settings
+    _configure_logging(settings.log_level)
+    try:
+        pipeline = load_pipeline(settings)
+    except TriageError as exc:
+        logger.error("model not loaded, serving 503 until restarted: %s", exc)
+    else:
+        pipeline.engine.predict_proba(["你好"])  # loads the word segmenter before any request
+        info = pipeline.model_info
+        logger.info("model %s %s (%s) loaded from %s", info.name, info.version, info.engine,
+                    settings.model_dir)
+        app.state.pipeline = pipeline
+    yield
+    app.state.pipeline = None
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(
+        title="triage",
+        summary="Triage of Chinese customer messages",
+        description=DESCRIPTION.format(
+            max_text_length=settings.max_text_length, max_batch_items=settings.max_batch_items
+        ),
+        version=__version__,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.pipeline = None
+    app.middleware("http")(log_requests)
+    add_error_handlers(app)
+    app.include_router(router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,56 @@
+"""Request and response shapes that exist only at the HTTP boundary.
+
+A single triage request is :class:`triage.schemas.Message` itself and a result is
+:class:`triage.schemas.TriageResult`, so the API, the CLI and the library share one definition.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from triage.schemas import Message, ModelInfo, TriageResult
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[Message] = Field(
+        min_length=1,
+        description="messages to triage together; at most the configured max_batch_items",
+    )
+
+
+class BatchResponse(BaseModel):
+    results: list[TriageResult] = Field(description="one result per item, in request order")
+    count: int
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"] = "ready"
+    model: ModelInfo
+
+
+class ErrorDetail(BaseModel):
+    """One problem with a request; never carries the submitted value, which may be raw text."""
+
+    loc: list[str | int] = Field(description='e.g. ["body", "items", 2, "text"]')
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="stable, machine-readable error code")
+    message: str
+    details: list[ErrorDetail] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx and 5xx answer."""
+
+    error: ErrorBody

