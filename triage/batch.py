@@ -79,16 +79,6 @@ class BatchSummary:
     def rows_per_second(self) -> float:
         return self.rows_read / self.seconds if self.seconds > 0 else 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rows_read": self.rows_read,
-            "triaged": self.triaged,
-            "errors": dict(sorted(self.errors.items())),
-            "seconds": round(self.seconds, 3),
-            "rows_per_second": round(self.rows_per_second, 1),
-            "output": self.output,
-        }
-
     def format(self) -> str:
         by_code = ", ".join(f"{code} {n}" for code, n in sorted(self.errors.items()))
         return "\n".join([
@@ -133,8 +123,12 @@ def _blank_to_none(value: Any) -> Any:
     return None if value == "" else value
 
 
-def _csv_rows(stream: IO[str], source: str, options: BatchOptions) -> Iterator[Row]:
+def _allow_long_csv_fields() -> None:
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+
+
+def _csv_rows(stream: IO[str], source: str, options: BatchOptions) -> Iterator[Row]:
+    _allow_long_csv_fields()
     reader = csv.DictReader(stream)
     columns = reader.fieldnames or []
     if options.text_column not in columns:
@@ -225,14 +219,13 @@ def _open_text(path: str | Path, mode: Literal["r", "w"]) -> Iterator[IO[str]]:
 
 
 def count_records(path: Path, fmt: Format) -> int:
-    """Line count (less the CSV header) for the progress total; reads bytes, decodes nothing."""
-    lines, last = 0, b"\n"
+    """The number of records, for the progress total (a quoted CSV text may span lines)."""
+    if fmt == "csv":
+        _allow_long_csv_fields()
+        with open(path, encoding="utf-8-sig", newline="") as stream:
+            return max(0, sum(1 for row in csv.reader(stream) if row) - 1)
     with open(path, "rb") as stream:
-        while block := stream.read(1 << 20):
-            lines += block.count(b"\n")
-            last = block[-1:]
-    lines += last != b"\n"
-    return max(0, lines - 1) if fmt == "csv" else lines
+        return sum(1 for line in stream if line.strip())
 
 
 def _error_record(row_id: str, code: str, message: str) -> dict[str, Any]:
@@ -395,6 +388,8 @@ def run_batch(
                     progress.update(len(records))
         except UnicodeDecodeError as exc:
             raise InputError(f"{input_path}: not UTF-8 text ({exc.reason})") from exc
+        except OSError as exc:  # e.g. a full disk or a closed pipe in the middle of a run
+            raise InputError(f"batch stopped after {summary.rows_read} rows: {exc}") from exc
     summary.triaged = summary.rows_read - summary.errors.total()
     summary.seconds = time.perf_counter() - started
     return summary

@@ -55,11 +55,6 @@ def _announce_training(settings: Settings) -> None:
         )
 
 
-def _load(settings: Settings) -> TriagePipeline:
-    _announce_training(settings)
-    return load_pipeline(settings)
-
-
 def model_dir_option(command: F) -> F:
     """The ``--model-dir`` option that classify, batch and serve share."""
     return click.option(
@@ -115,7 +110,9 @@ def classify(text: str, as_json: bool, channel: str | None, model_dir: Path | No
         message = Message(text=text, channel=channel)
     except ValidationError as exc:
         raise InputError(describe_validation_error("message", exc)) from exc
-    pipeline = _load(_settings(model_dir=model_dir))
+    settings = _settings(model_dir=model_dir)
+    _announce_training(settings)
+    pipeline = load_pipeline(settings)
     result = pipeline([message])[0]
     if as_json:
         click.echo(json.dumps(result.model_dump(mode="json"), ensure_ascii=False, indent=2))
