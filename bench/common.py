@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -34,10 +35,23 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)),
         "cpu_model": cpu,
+        "load_average_at_write": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def seed_corpus() -> dict[str, str]:
+    """Line count and SHA-256 prefix of the seed train/dev files, to tell corpus versions apart."""
+    from triage.training.corpus import seed_corpus_path
+
+    out = {}
+    for split in ("train", "dev"):
+        data = seed_corpus_path(split).read_bytes()
+        lines = data.count(b"\n")
+        out[split] = f"{lines} lines, sha256 {hashlib.sha256(data).hexdigest()[:12]}"
+    return out
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -57,7 +71,7 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     """Write ``bench/results/NAME.json`` with the machine facts added; returns its path."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
-    payload = {"benchmark": name, "machine": machine(), **data}
+    payload = {"benchmark": name, "machine": machine(), "seed_corpus": seed_corpus(), **data}
     path.write_text(json.dumps(payload, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return path
 

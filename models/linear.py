@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,7 +20,6 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
-from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import normalize as l2_normalize
 
@@ -30,7 +30,7 @@ from triage.text import Segmenter, segment
 FloatArray = NDArray[np.float32]
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class LinearConfig:
     word_ngram_max: int = 2
     char_features_log2: int = 19
     word_features_log2: int = 18
-    segmenter: str = Segmenter.JIEBA.value
+    segmenter: str = Segmenter.JIEBA_RS.value
     regularization_c: dict[str, float] = field(
         default_factory=lambda: {"topic": 8.0, "sentiment": 4.0, "urgency": 8.0, "complaint": 4.0}
     )
@@ -109,42 +109,91 @@ class HeadData:
     weights: Sequence[float] | None = None
 
 
+def _mix(values: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """SplitMix64 finaliser: spreads structured n-gram codes evenly over the hash space."""
+    values = (values ^ (values >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    values = (values ^ (values >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return values ^ (values >> np.uint64(31))
+
+
+_PRIME = np.uint64(0x100000001B3)
+
+
+def _hashed_ngrams(
+    codes: NDArray[np.uint64], owners: NDArray[np.int64], sizes: range, n_rows: int, width: int
+) -> sp.csr_matrix:
+    """Count matrix of hashed n-grams of each size; n-grams never span two rows."""
+    rows, columns = [], []
+    for size in sizes:
+        span = len(codes) - size + 1
+        if span <= 0:
+            continue
+        combined = np.full(span, np.uint64(size), dtype=np.uint64)
+        for offset in range(size):
+            combined = combined * _PRIME + codes[offset : offset + span]
+        inside = owners[:span] == owners[size - 1 : size - 1 + span]
+        rows.append(owners[:span][inside])
+        columns.append((_mix(combined[inside]) % np.uint64(width)).astype(np.int64))
+    if not rows:
+        return sp.csr_matrix((n_rows, width), dtype=np.float32)
+    row_index, column_index = np.concatenate(rows), np.concatenate(columns)
+    counts = sp.csr_matrix(
+        (np.ones(len(row_index), np.float32), (row_index, column_index)), shape=(n_rows, width)
+    )
+    counts.sum_duplicates()
+    return counts
+
+
 class Featurizer:
-    """Text → L2-normalised TF-IDF rows over hashed char and word n-grams."""
+    """Text → L2-normalised TF-IDF rows over hashed char and word n-grams.
+
+    Hashing is vectorised over a whole batch with NumPy and is the same on every platform and
+    process (no use of Python's randomised ``hash``): a saved model needs no vocabulary.
+    """
 
     def __init__(self, config: LinearConfig, idf_char: FloatArray, idf_word: FloatArray):
         self.config = config
         self.segmenter = Segmenter(config.segmenter)
         self.idf_char = idf_char
         self.idf_word = idf_word
-        self._char = HashingVectorizer(
-            analyzer="char",
-            ngram_range=(config.char_ngram_min, config.char_ngram_max),
-            n_features=2**config.char_features_log2,
-            alternate_sign=False,
-            norm=None,
-            lowercase=True,
-            dtype=np.float32,
-        )
-        self._word = HashingVectorizer(
-            analyzer="word",
-            tokenizer=str.split,
-            token_pattern=None,
-            ngram_range=(1, config.word_ngram_max),
-            n_features=2**config.word_features_log2,
-            alternate_sign=False,
-            norm=None,
-            lowercase=True,
-            dtype=np.float32,
-        )
+        self.char_width = 2**config.char_features_log2
+        self.word_width = 2**config.word_features_log2
+        self._token_codes: dict[str, int] = {}
 
     @property
     def n_features(self) -> int:
-        return int(2**self.config.char_features_log2 + 2**self.config.word_features_log2)
+        return self.char_width + self.word_width
+
+    def _token_code(self, token: str) -> int:
+        code = self._token_codes.get(token)
+        if code is None:
+            code = zlib.crc32(token.encode("utf-8")) + 1
+            if len(self._token_codes) < 500_000:
+                self._token_codes[token] = code
+        return code
 
     def counts(self, texts: Sequence[str]) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-        words = [" ".join(segment(t, self.segmenter)) for t in texts]
-        return self._char.transform(texts), self._word.transform(words)
+        lowered = [t.lower() for t in texts]
+        char_codes = np.frombuffer("".join(lowered).encode("utf-32-le"), dtype=np.uint32)
+        char_owners = np.repeat(np.arange(len(texts)), [len(t) for t in lowered])
+        word_lists = [segment(t, self.segmenter) for t in lowered]
+        word_codes = np.fromiter(
+            (self._token_code(w) for words in word_lists for w in words), dtype=np.uint64
+        )
+        word_owners = np.repeat(np.arange(len(texts)), [len(words) for words in word_lists])
+        char_sizes = range(self.config.char_ngram_min, self.config.char_ngram_max + 1)
+        return (
+            _hashed_ngrams(
+                char_codes.astype(np.uint64), char_owners, char_sizes, len(texts), self.char_width
+            ),
+            _hashed_ngrams(
+                word_codes,
+                word_owners,
+                range(1, self.config.word_ngram_max + 1),
+                len(texts),
+                self.word_width,
+            ),
+        )
 
     @staticmethod
     def _tfidf(counts: sp.csr_matrix, idf: FloatArray) -> sp.csr_matrix:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -20,14 +21,50 @@ from triage.taxonomy import Taxonomy
 _CLAUSE_END = set(",.;!?，。；！？\n")
 
 
-def _literal(term: str) -> str:
-    """A term as a regex whose numeric edges never match inside a longer number (an order id)."""
-    pattern = re.escape(term.lower())
+def _numeric_literal(term: str) -> str:
+    """A term with digits at an edge never matches inside a longer number (an order id)."""
+    pattern = re.escape(term)
     if term[:1].isdigit():
         pattern = "(?<![0-9])" + pattern
     if term[-1:].isdigit():
         pattern += "(?![0-9])"
     return pattern
+
+
+def _trie_pattern(terms: list[str]) -> str:
+    """One regex for many literal terms, factored by common prefixes.
+
+    Python's ``re`` tries alternatives one by one at every position; a prefix trie lets it
+    reject most positions after one character, and longer terms still win over their prefixes.
+    """
+    trie: dict[str, Any] = {}
+    for term in terms:
+        node = trie
+        for char in term:
+            node = node.setdefault(char, {})
+        node[""] = {}
+
+    def render(node: dict[str, Any]) -> str:
+        ends_here = "" in node
+        branches = [re.escape(char) + render(child) for char, child in sorted(node.items()) if char]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        if ends_here:
+            return body + "?" if len(branches) == 1 and len(body) == 1 else f"(?:{body})?"
+        return body
+
+    return render(trie)
+
+
+def _kind_pattern(terms: list[str], patterns: list[str]) -> str:
+    lowered = sorted({t.lower() for t in terms})
+    numeric = [t for t in lowered if t[:1].isdigit() or t[-1:].isdigit()]
+    plain = [t for t in lowered if t not in numeric]
+    alternatives = ([_trie_pattern(plain)] if plain else []) + [
+        _numeric_literal(t) for t in sorted(numeric, key=len, reverse=True)
+    ]
+    return "|".join(alternatives + patterns)
 
 
 class _Strict(BaseModel):
@@ -77,12 +114,11 @@ class CueLexicon(_Strict):
 
     @cached_property
     def _matcher(self) -> re.Pattern[str]:
-        groups = []
-        for index, kind in enumerate(self.kinds.values()):
-            alternatives = [_literal(t) for t in sorted(kind.terms, key=len, reverse=True)]
-            alternatives += kind.patterns
-            if alternatives:
-                groups.append(f"(?P<k{index}>{'|'.join(alternatives)})")
+        groups = [
+            f"(?P<k{index}>{_kind_pattern(kind.terms, kind.patterns)})"
+            for index, kind in enumerate(self.kinds.values())
+            if kind.terms or kind.patterns
+        ]
         return re.compile("|".join(groups), re.IGNORECASE)
 
     @cached_property

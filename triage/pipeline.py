@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,9 @@ class Prepared:
 
 
 def _cue_hit(cue: Cue) -> CueHit:
-    return CueHit(kind=cue.kind, text=cue.text, start=cue.start, end=cue.end, floor=cue.floor)
+    return CueHit.model_construct(
+        kind=cue.kind, text=cue.text, start=cue.start, end=cue.end, floor=cue.floor, source="text"
+    )
 
 
 class TriagePipeline:
@@ -91,7 +94,7 @@ class TriagePipeline:
                     f" do not match the taxonomy's {labels}"
                 )
 
-    @property
+    @cached_property
     def model_info(self) -> ModelInfo:
         return ModelInfo(
             name=self.engine.name, version=self.engine.version, engine=self.engine.engine
@@ -111,7 +114,7 @@ class TriagePipeline:
         tier = message.customer.tier if message.customer else None
         if tier and tier.lower() == "vip" and "vip" in self.lexicon.kinds:
             cues.append(
-                CueHit(
+                CueHit.model_construct(
                     kind="vip",
                     text="customer.tier=vip",
                     start=None,
@@ -191,7 +194,8 @@ class TriagePipeline:
         def scores(labels: list[str], row: FloatArray) -> dict[str, float]:
             return {label: round(float(p), 4) for label, p in zip(labels, row, strict=True)}
 
-        return TriageResult(
+        # Built from values this method computed itself; validation would only cost time.
+        return TriageResult.model_construct(
             id=prepared.id,
             topic=topic,
             topic_scores=scores(topics, topic_p),

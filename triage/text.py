@@ -53,18 +53,34 @@ def normalize(text: str) -> str:
 
 
 class Segmenter(StrEnum):
-    """How text is cut into words for word-level features."""
+    """How text is cut into words for word-level features.
+
+    ``jieba-rs`` runs the same algorithm and dictionary as ``jieba`` in compiled code (about four
+    times faster); both load the domain user dictionary. ``char`` needs no dictionary.
+    """
 
     JIEBA = "jieba"
+    JIEBA_RS = "jieba-rs"
     CHAR = "char"
 
 
-_jieba_lock = threading.Lock()
+_segmenter_lock = threading.Lock()
+
+
+def _user_dictionary() -> list[tuple[str, int, str]]:
+    entries = []
+    for line in packaged_data_path("userdict.txt").read_text(encoding="utf-8").splitlines():
+        parts = line.split()
+        if parts:
+            word = parts[0]
+            freq = int(parts[1]) if len(parts) > 1 else 10
+            entries.append((word, freq, parts[2] if len(parts) > 2 else "n"))
+    return entries
 
 
 @cache
 def _jieba() -> Any:
-    with _jieba_lock:
+    with _segmenter_lock:
         import logging
 
         import jieba
@@ -76,8 +92,23 @@ def _jieba() -> Any:
         return tokenizer
 
 
-def segment(text: str, segmenter: Segmenter = Segmenter.JIEBA) -> list[str]:
+@cache
+def _jieba_rs() -> Any:
+    with _segmenter_lock:
+        import rjieba
+
+        tokenizer = rjieba.Jieba()
+        for word, freq, tag in _user_dictionary():
+            tokenizer.add_word(word, freq, tag)
+        return tokenizer
+
+
+def segment(text: str, segmenter: Segmenter = Segmenter.JIEBA_RS) -> list[str]:
     """Words of a normalised text, without whitespace tokens."""
     if segmenter is Segmenter.CHAR:
         return [ch for ch in text if not ch.isspace()]
-    return [w for w in _jieba().lcut(text, HMM=False) if not w.isspace()]
+    if segmenter is Segmenter.JIEBA_RS:
+        words = _jieba_rs().cut(text, False)
+    else:
+        words = _jieba().lcut(text, HMM=False)
+    return [w for w in words if not w.isspace()]
