@@ -104,7 +104,10 @@ def add_error_handlers(app: FastAPI) -> None:
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         # The traceback is logged without the exception's message, which could quote input.
         logger.error(
-            "%s %s: unexpected %s\n%s", request.method, request.url.path, type(exc).__name__,
+            "%s %s: unexpected %s\n%s",
+            request.method,
+            request.url.path,
+            type(exc).__name__,
             "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
         )
         return error_response(500, "internal_error", "an unexpected error occurred")

@@ -44,18 +44,31 @@ def free_port() -> int:
 
 def seed_bodies() -> list[dict[str, Any]]:
     """Request bodies from the seed train and dev messages (text and channel)."""
-    records = [json.loads(line) for split in ("train", "dev")
-               for line in seed_corpus_path(split).read_text(encoding="utf-8").splitlines() if line]
+    records = [
+        json.loads(line)
+        for split in ("train", "dev")
+        for line in seed_corpus_path(split).read_text(encoding="utf-8").splitlines()
+        if line
+    ]
     return [{"id": r["id"], "text": r["text"], "channel": r["channel"]} for r in records]
 
 
 @contextmanager
-def server(model_dir: Path, port: int, log_path: Path, log_level: str,
-           startup_timeout: float) -> Iterator[str]:
+def server(
+    model_dir: Path, port: int, log_path: Path, log_level: str, startup_timeout: float
+) -> Iterator[str]:
     """Run ``triage serve`` until the block ends; yields its base URL once ``/readyz`` is 200."""
     script = Path(sys.executable).with_name("triage")
-    command = [str(script) if script.is_file() else shutil.which("triage") or "triage", "serve",
-               "--host", HOST, "--port", str(port), "--model-dir", str(model_dir)]
+    command = [
+        str(script) if script.is_file() else shutil.which("triage") or "triage",
+        "serve",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--model-dir",
+        str(model_dir),
+    ]
     env = {**os.environ, "TRIAGE_LOG_LEVEL": log_level, "TRIAGE_TRAIN_IF_MISSING": "false"}
     base = f"http://{HOST}:{port}"
     with log_path.open("w") as log:
@@ -64,8 +77,10 @@ def server(model_dir: Path, port: int, log_path: Path, log_level: str,
         deadline = time.monotonic() + startup_timeout
         while True:
             if process.poll() is not None:
-                sys.exit(f"error: the server exited with {process.returncode}:\n"
-                         f"{log_path.read_text()[-2000:]}")
+                sys.exit(
+                    f"error: the server exited with {process.returncode}:\n"
+                    f"{log_path.read_text()[-2000:]}"
+                )
             try:
                 if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
                     break
@@ -84,8 +99,9 @@ def server(model_dir: Path, port: int, log_path: Path, log_level: str,
             process.wait()
 
 
-async def load(base: str, bodies: list[dict[str, Any]], clients: int, total: int,
-               max_seconds: float) -> dict[str, Any]:
+async def load(
+    base: str, bodies: list[dict[str, Any]], clients: int, total: int, max_seconds: float
+) -> dict[str, Any]:
     """``clients`` workers share ``total`` requests; returns latencies (s) and errors."""
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -121,11 +137,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--max-seconds", type=float, default=120.0,
-                        help="stop sending after this many seconds")
+    parser.add_argument(
+        "--max-seconds", type=float, default=120.0, help="stop sending after this many seconds"
+    )
     parser.add_argument("--model-dir", type=Path, help="default: train the default model")
-    parser.add_argument("--log-level", default="info",
-                        help="the server's TRIAGE_LOG_LEVEL (info logs every request)")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        help="the server's TRIAGE_LOG_LEVEL (info logs every request)",
+    )
     parser.add_argument("--startup-timeout", type=float, default=120.0)
     args = parser.parse_args()
 
@@ -138,30 +158,60 @@ def main() -> None:
             trained_default_model(model_dir)
         port = free_port()
         started = time.perf_counter()
-        with server(model_dir, port, Path(tmp) / "server.log", args.log_level,
-                    args.startup_timeout) as base:
+        with server(
+            model_dir, port, Path(tmp) / "server.log", args.log_level, args.startup_timeout
+        ) as base:
             ready_seconds = time.perf_counter() - started
             run = asyncio.run(load(base, bodies, args.clients, args.requests, args.max_seconds))
 
     ms = np.array(run["latencies"]) * 1000
     n, n_errors = len(ms), sum(run["errors"].values())
     result = {
-        "clients": args.clients, "requests": n, "errors": run["errors"],
-        "seconds": round(run["seconds"], 2), "requests_per_s": round(n / run["seconds"], 1),
-        "latency_ms": {p: round(float(np.percentile(ms, q)), 2)
-                       for p, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))},
-        "server_ready_seconds": round(ready_seconds, 2), "server_log_level": args.log_level,
+        "clients": args.clients,
+        "requests": n,
+        "errors": run["errors"],
+        "seconds": round(run["seconds"], 2),
+        "requests_per_s": round(n / run["seconds"], 1),
+        "latency_ms": {
+            p: round(float(np.percentile(ms, q)), 2)
+            for p, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+        },
+        "server_ready_seconds": round(ready_seconds, 2),
+        "server_log_level": args.log_level,
         "target_p99_ms": P99_TARGET_MS,
     }
     lat = result["latency_ms"]
     print(f"\nserver ready after {ready_seconds:.1f} s (start, imports, model load)\n")
-    print(markdown_table(
-        ["clients", "requests", "errors", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
-         "p99 target", "status"],
-        [[args.clients, n, n_errors, result["requests_per_s"], lat["p50"], lat["p90"],
-          lat["p99"], lat["max"], f"≤ {P99_TARGET_MS:g} ms",
-          verdict(lat["p99"], P99_TARGET_MS, higher_is_better=False)]],
-    ))
+    print(
+        markdown_table(
+            [
+                "clients",
+                "requests",
+                "errors",
+                "req/s",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "max ms",
+                "p99 target",
+                "status",
+            ],
+            [
+                [
+                    args.clients,
+                    n,
+                    n_errors,
+                    result["requests_per_s"],
+                    lat["p50"],
+                    lat["p90"],
+                    lat["p99"],
+                    lat["max"],
+                    f"≤ {P99_TARGET_MS:g} ms",
+                    verdict(lat["p99"], P99_TARGET_MS, higher_is_better=False),
+                ]
+            ],
+        )
+    )
     path = write_result("api_latency", result)
     print(f"\nwrote {path}")
 

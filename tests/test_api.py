@@ -154,8 +154,11 @@ def test_openapi_documents_paths_and_limits(client: TestClient) -> None:
         ({"channel": "chat"}, "invalid_request", ["body", "text"]),
         ({"text": "你好", "priority": "high"}, "invalid_request", ["body", "priority"]),
         ({"text": "你好", "customer": "vip"}, "invalid_request", ["body", "customer"]),
-        ({"text": "你好", "customer": {"level": 3}}, "invalid_request",
-         ["body", "customer", "level"]),
+        (
+            {"text": "你好", "customer": {"level": 3}},
+            "invalid_request",
+            ["body", "customer", "level"],
+        ),
         (["你好"], "invalid_request", ["body"]),
     ],
 )
@@ -276,9 +279,10 @@ def test_unexpected_error_gives_a_json_500_without_logging_text(
 
     app = create_app(small_settings(small_model_dir))
     app.dependency_overrides[get_pipeline] = broken
-    with caplog.at_level(logging.INFO, logger="triage"), TestClient(
-        app, raise_server_exceptions=False
-    ) as client:
+    with (
+        caplog.at_level(logging.INFO, logger="triage"),
+        TestClient(app, raise_server_exceptions=False) as client,
+    ):
         response = client.post("/v1/triage", json={"text": PHONE_TEXT})
     error = assert_error(response, 500, "internal_error")
     assert "RuntimeError" not in error["message"]

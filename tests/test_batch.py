@@ -32,8 +32,7 @@ def seed_rows() -> list[dict[str, str]]:
     """Forty dev messages with their id, text and channel."""
     lines = seed_corpus_path("dev").read_text(encoding="utf-8").splitlines()[:40]
     return [
-        {key: record[key] for key in ("id", "text", "channel")}
-        for record in map(json.loads, lines)
+        {key: record[key] for key in ("id", "text", "channel")} for record in map(json.loads, lines)
     ]
 
 
@@ -178,8 +177,12 @@ def test_rows_reach_the_model_in_chunks(tmp_path, settings, seed_rows, monkeypat
         return run_prepared(self, prepared)
 
     monkeypatch.setattr(TriagePipeline, "run_prepared", spy)
-    run_batch(write_csv(tmp_path / "in.csv", seed_rows), tmp_path / "out.jsonl", settings,
-              BatchOptions(chunk_size=16, progress=False))
+    run_batch(
+        write_csv(tmp_path / "in.csv", seed_rows),
+        tmp_path / "out.jsonl",
+        settings,
+        BatchOptions(chunk_size=16, progress=False),
+    )
     assert sizes == [16, 16, 8]
 
 

@@ -105,7 +105,8 @@ def test_classify_rejects_empty_text_without_traceback(runner, small_model_dir):
 
 def test_invalid_settings_are_reported(runner, small_model_dir):
     result = runner.invoke(
-        main, ["classify", "你好", "--model-dir", str(small_model_dir)],
+        main,
+        ["classify", "你好", "--model-dir", str(small_model_dir)],
         env={"TRIAGE_MAX_TEXT_LENGTH": "0"},
     )
     assert result.exit_code == 2
@@ -114,7 +115,8 @@ def test_invalid_settings_are_reported(runner, small_model_dir):
 
 def test_missing_model_is_an_error_when_training_is_off(runner, tmp_path):
     result = runner.invoke(
-        main, ["classify", "你好", "--model-dir", str(tmp_path / "none")],
+        main,
+        ["classify", "你好", "--model-dir", str(tmp_path / "none")],
         env={"TRIAGE_TRAIN_IF_MISSING": "false"},
     )
     assert result.exit_code == 2
@@ -179,8 +181,18 @@ def test_batch_text_column(runner, tmp_path, small_model_dir):
     source = tmp_path / "in.jsonl"
     source.write_text('{"ref": "x1", "content": "退款什么时候到账"}\n', encoding="utf-8")
     out = tmp_path / "out.jsonl"
-    args = ["batch", str(source), str(out), "--text-column", "content", "--id-column", "ref",
-            "--no-progress", "--model-dir", str(small_model_dir)]
+    args = [
+        "batch",
+        str(source),
+        str(out),
+        "--text-column",
+        "content",
+        "--id-column",
+        "ref",
+        "--no-progress",
+        "--model-dir",
+        str(small_model_dir),
+    ]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     (record,) = read_jsonl(out)
@@ -191,10 +203,19 @@ def test_batch_workers_match_one_process(runner, tmp_path, input_csv, small_mode
     outputs = []
     for workers in ("1", "2"):
         out = tmp_path / f"out{workers}.jsonl"
-        result = runner.invoke(main, [
-            "batch", str(input_csv), str(out), "--workers", workers, "--no-progress",
-            "--model-dir", str(small_model_dir),
-        ])
+        result = runner.invoke(
+            main,
+            [
+                "batch",
+                str(input_csv),
+                str(out),
+                "--workers",
+                workers,
+                "--no-progress",
+                "--model-dir",
+                str(small_model_dir),
+            ],
+        )
         assert result.exit_code == 0, result.output
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
@@ -225,8 +246,17 @@ def test_batch_unwritable_output(runner, tmp_path, input_csv, small_model_dir):
 def test_batch_stdin_to_stdout(runner, small_model_dir):
     result = runner.invoke(
         main,
-        ["batch", "-", "-", "--input-format", "jsonl", "--output-format", "jsonl",
-         "--model-dir", str(small_model_dir)],
+        [
+            "batch",
+            "-",
+            "-",
+            "--input-format",
+            "jsonl",
+            "--output-format",
+            "jsonl",
+            "--model-dir",
+            str(small_model_dir),
+        ],
         input='{"id": "s1", "text": "发票开错了"}\n{"id": "s2", "text": ""}\n',
     )
     assert result.exit_code == 0, result.output
@@ -253,8 +283,12 @@ def test_evaluate_report_and_json(runner, tmp_path, small_model_dir, labeled_fil
 
     metrics_file = tmp_path / "metrics.json"
     args = [
-        "evaluate", str(small_model_dir), str(labeled_file), "--json",
-            "--out", str(metrics_file),
+        "evaluate",
+        str(small_model_dir),
+        str(labeled_file),
+        "--json",
+        "--out",
+        str(metrics_file),
     ]
     as_json = runner.invoke(main, args)
     assert as_json.exit_code == 0, as_json.output
@@ -314,7 +348,8 @@ def test_serve_passes_settings_to_the_app(runner, tmp_path, monkeypatch, small_m
     monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: served.update(app=app, **kwargs))
 
     result = runner.invoke(
-        main, ["serve", "--port", "9123", "--model-dir", str(small_model_dir)],
+        main,
+        ["serve", "--port", "9123", "--model-dir", str(small_model_dir)],
         env={"TRIAGE_HOST": "0.0.0.0", "TRIAGE_LOG_LEVEL": "warning"},
     )
     assert result.exit_code == 0, result.output

@@ -36,9 +36,20 @@ Format = Literal["csv", "jsonl"]
 STDIO = "-"
 FORMATS_BY_SUFFIX: dict[str, Format] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 CSV_COLUMNS = (
-    "id", "topic", "secondary_topics", "sentiment", "sentiment_score", "urgency", "is_complaint",
-    "complaint_score", "needs_review", "cues", "masked_text", "model_version",
-    "error_code", "error_message",
+    "id",
+    "topic",
+    "secondary_topics",
+    "sentiment",
+    "sentiment_score",
+    "urgency",
+    "is_complaint",
+    "complaint_score",
+    "needs_review",
+    "cues",
+    "masked_text",
+    "model_version",
+    "error_code",
+    "error_message",
 )
 # A CSV field longer than the csv module's default limit (128 KiB) would end the whole run;
 # texts that long must become a "too long" error row instead.
@@ -81,14 +92,16 @@ class BatchSummary:
 
     def format(self) -> str:
         by_code = ", ".join(f"{code} {n}" for code, n in sorted(self.errors.items()))
-        return "\n".join([
-            f"rows read   {self.rows_read}",
-            f"triaged     {self.triaged}",
-            f"errors      {self.errors.total()}" + (f" ({by_code})" if by_code else ""),
-            f"seconds     {self.seconds:.2f}",
-            f"rows/s      {self.rows_per_second:.1f}",
-            f"output      {self.output}",
-        ])
+        return "\n".join(
+            [
+                f"rows read   {self.rows_read}",
+                f"triaged     {self.triaged}",
+                f"errors      {self.errors.total()}" + (f" ({by_code})" if by_code else ""),
+                f"seconds     {self.seconds:.2f}",
+                f"rows/s      {self.rows_per_second:.1f}",
+                f"output      {self.output}",
+            ]
+        )
 
 
 @dataclass(frozen=True)
@@ -160,15 +173,20 @@ def _jsonl_row(number: int, line: str, options: BatchOptions) -> Row:
         return Row(number, str(number), error=("invalid_json", f"line {number}: {exc.msg}"))
     if not isinstance(record, dict):
         return Row(
-            number, str(number),
-            error=("invalid_json", f"line {number}: expected a JSON object "
-                                   f"(got {type(record).__name__})"),
+            number,
+            str(number),
+            error=(
+                "invalid_json",
+                f"line {number}: expected a JSON object (got {type(record).__name__})",
+            ),
         )
     row_id = _row_id(record.get(options.id_column), number)
     if options.text_column not in record:
         return Row(number, row_id, error=("missing_text", f"no {options.text_column!r} field"))
     return Row(
-        number, row_id, record[options.text_column],
+        number,
+        row_id,
+        record[options.text_column],
         _blank_to_none(record.get(options.channel_column)),
     )
 
@@ -189,9 +207,7 @@ def _jsonl_rows(stream: IO[str], source: str, options: BatchOptions) -> Iterator
                 f"the fields found are {list(json.loads(line))}"
             )
     return (
-        _jsonl_row(number, line, options)
-        for number, line in chain(peeked, lines)
-        if line.strip()
+        _jsonl_row(number, line, options) for number, line in chain(peeked, lines) if line.strip()
     )
 
 
@@ -366,7 +382,8 @@ def run_batch(
             pipeline = load_pipeline(settings)
             total = (
                 count_records(Path(input_path), in_format)
-                if options.progress and str(input_path) != STDIO else None
+                if options.progress and str(input_path) != STDIO
+                else None
             )
             chunks = _chunks(rows, options.chunk_size)
             with (

