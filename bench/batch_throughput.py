@@ -89,7 +89,11 @@ def run_cli(
 
 
 def batch_runs(
-    model_dir: Path, texts: list[str], n: int, worker_counts: list[int], timeout: float,
+    model_dir: Path,
+    texts: list[str],
+    n: int,
+    worker_counts: list[int],
+    timeout: float,
     repeat: int,
 ) -> list[dict[str, Any]]:
     """``triage batch`` on one row and on ``n`` rows for each worker count (medians of runs)."""
@@ -109,16 +113,22 @@ def batch_runs(
                 if written != n:
                     sys.exit(f"error: triage batch wrote {written} rows for {n} inputs")
             fixed_s, total_s = statistics.median(fixed), statistics.median(total)
-            results.append({
-                "workers": workers, "messages": n, "runs": repeat,
-                "wall_seconds": round(total_s, 2), "fixed_seconds": round(fixed_s, 2),
-                "wall_seconds_all": [round(x, 2) for x in total],
-                "fixed_seconds_all": [round(x, 2) for x in fixed],
-                "end_to_end_msg_per_s": round(n / total_s, 1),
-                # Too short a run leaves nothing measurable after the fixed cost.
-                "msg_per_s": round((n - 1) / (total_s - fixed_s), 1)
-                if total_s > 1.2 * fixed_s else None,
-            })
+            results.append(
+                {
+                    "workers": workers,
+                    "messages": n,
+                    "runs": repeat,
+                    "wall_seconds": round(total_s, 2),
+                    "fixed_seconds": round(fixed_s, 2),
+                    "wall_seconds_all": [round(x, 2) for x in total],
+                    "fixed_seconds_all": [round(x, 2) for x in fixed],
+                    "end_to_end_msg_per_s": round(n / total_s, 1),
+                    # Too short a run leaves nothing measurable after the fixed cost.
+                    "msg_per_s": round((n - 1) / (total_s - fixed_s), 1)
+                    if total_s > 1.2 * fixed_s
+                    else None,
+                }
+            )
             print(f"  triage batch --workers {workers}: {results[-1]}", flush=True)
     return results
 
@@ -248,8 +258,9 @@ def main() -> None:
         default=len(os.sched_getaffinity(0)),
         help="the 'all cores' worker count (default: usable cores)",
     )
-    parser.add_argument("--profile-messages", type=int, default=4096)
+    parser.add_argument("--profile-messages", type=int, default=8192)
     parser.add_argument("--timeout", type=float, default=300, help="seconds per CLI run")
+    parser.add_argument("--repeat", type=int, default=3, help="CLI runs per setting (median)")
     args = parser.parse_args()
 
     texts = seed_texts()
@@ -269,7 +280,9 @@ def main() -> None:
         library = library_call(pipeline, messages)
         print(f"  library call: {library}", flush=True)
         stages = profile(pipeline, [m.text for m in messages[: args.profile_messages]])
-        runs = batch_runs(model_dir, texts, args.messages, sorted({1, args.workers}), args.timeout)
+        runs = batch_runs(
+            model_dir, texts, args.messages, sorted({1, args.workers}), args.timeout, args.repeat
+        )
 
     print(f"\n{args.messages} messages; model load + warm-up in-process {load_seconds:.2f} s\n")
     rows = [
@@ -278,9 +291,9 @@ def main() -> None:
             r["wall_seconds"],
             r["fixed_seconds"],
             r["end_to_end_msg_per_s"],
-            r["msg_per_s"],
+            r["msg_per_s"] or "n/a (run too short)",
             TARGET,
-            verdict(r["msg_per_s"], TARGET),
+            verdict(r["msg_per_s"], TARGET) if r["msg_per_s"] else "-",
         ]
         for r in runs
     ]
@@ -300,7 +313,7 @@ def main() -> None:
             [
                 "run",
                 "wall s",
-                "fixed s (1-row run / load)",
+                "fixed s (1-row run; library: load)",
                 "msg/s end to end",
                 "msg/s excl. fixed",
                 "target",

@@ -156,8 +156,8 @@ class Featurizer:
         self.segmenter = Segmenter(config.segmenter)
         self.idf_char = idf_char
         self.idf_word = idf_word
-        self.char_width = 2**config.char_features_log2
-        self.word_width = 2**config.word_features_log2
+        self.char_width: int = 2**config.char_features_log2
+        self.word_width: int = 2**config.word_features_log2
         self._token_codes: dict[str, int] = {}
 
     @property
