@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from triage import __version__
 from triage.api.errors import add_error_handlers
-from triage.api.middleware import log_requests
+from triage.api.middleware import RequestLogMiddleware
 from triage.api.routes import router
 from triage.config import Settings
 from triage.errors import TriageError
@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.pipeline = None
-    app.middleware("http")(log_requests)
+    app.add_middleware(RequestLogMiddleware)
     add_error_handlers(app)
     app.include_router(router)
     return app

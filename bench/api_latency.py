@@ -2,9 +2,15 @@
 
 Starts ``triage serve`` on 127.0.0.1 and a free port with the default model (trained into a
 temporary directory unless ``--model-dir`` is given), waits for ``/readyz``, sends a short
-warm-up, then lets ``--clients`` concurrent httpx clients send ``--requests`` single-message
-requests in total (seed texts), stopping early at ``--max-seconds``. The server is stopped at
-the end. All traffic stays on 127.0.0.1.
+warm-up, then lets ``--clients`` concurrent clients send ``--requests`` single-message requests
+in total (seed texts), stopping early at ``--max-seconds``; the server is stopped at the end.
+All traffic stays on 127.0.0.1.
+
+The target is judged with a minimal asyncio HTTP/1.1 client (one kept-alive connection per
+client), because client and server share this machine's cores and httpx spends more CPU per
+request than the server does; the same load through ``httpx.AsyncClient`` is reported beside
+it. Reference runs: one client; ``GET /healthz`` (the HTTP stack without the model); the
+pipeline in-process without HTTP. Server and client CPU per request come from ``/proc``.
 """
 
 from __future__ import annotations
@@ -37,6 +43,12 @@ P99_TARGET_MS = 25.0
 HOST = "127.0.0.1"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from ``/proc/PID/stat`` (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as probe:
@@ -58,8 +70,9 @@ def seed_bodies() -> list[dict[str, Any]]:
 @contextmanager
 def server(
     model_dir: Path, port: int, log_path: Path, log_level: str, startup_timeout: float
-) -> Iterator[str]:
-    """Run ``triage serve`` until the block ends; yields its base URL once ``/readyz`` is 200."""
+) -> Iterator[int]:
+    """Run ``triage serve`` until the block ends; yields its process id once ``/readyz``
+    answers 200."""
     script = Path(sys.executable).with_name("triage")
     command = [
         str(script) if script.is_file() else shutil.which("triage") or "triage",
@@ -91,7 +104,7 @@ def server(
             if time.monotonic() > deadline:
                 sys.exit(f"error: /readyz not ready after {startup_timeout} s")
             time.sleep(0.2)
-        yield base
+        yield process.pid
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -101,44 +114,132 @@ def server(
             process.wait()
 
 
-async def load(
-    base: str, bodies: list[dict[str, Any]] | None, clients: int, total: int, max_seconds: float
-) -> dict[str, Any]:
-    """``clients`` workers share ``total`` requests: ``POST /v1/triage`` with ``bodies`` in
-    turn, or ``GET /healthz`` when ``bodies`` is None. Returns latencies (s) and errors."""
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    issued = 0
+class Load:
+    """Bookkeeping shared by the client tasks: which request is next, latencies and errors."""
+
+    def __init__(self, total: int, max_seconds: float):
+        self.total, self.max_seconds = total, max_seconds
+        self.issued = 0
+        self.latencies: list[float] = []
+        self.errors: dict[str, int] = {}
+        self.started = self.deadline = 0.0
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+        self.deadline = self.started + self.max_seconds
+
+    def next_index(self) -> int | None:
+        """The next request's index, or None when the count or the time cap is reached."""
+        if self.issued >= self.total or time.perf_counter() >= self.deadline:
+            return None
+        self.issued += 1
+        return self.issued
+
+    def record(self, sent: float, error: str | None) -> None:
+        self.latencies.append(time.perf_counter() - sent)
+        if error is not None:
+            self.errors[error] = self.errors.get(error, 0) + 1
+
+
+def raw_requests(port: int, bodies: list[dict[str, Any]] | None) -> list[bytes]:
+    """Encoded HTTP/1.1 keep-alive requests: POST /v1/triage per body, or GET /healthz."""
+    host = f"Host: {HOST}:{port}\r\n"
+    if bodies is None:
+        return [f"GET /healthz HTTP/1.1\r\n{host}\r\n".encode()]
+    out = []
+    for body in bodies:
+        data = json.dumps(body, ensure_ascii=False).encode()
+        head = (
+            f"POST /v1/triage HTTP/1.1\r\n{host}Content-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n"
+        )
+        out.append(head.encode() + data)
+    return out
+
+
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> int:
+    """Send one request on a kept-alive connection and read the whole response; its status."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+        elif name.strip().lower() == b"transfer-encoding":
+            raise ValueError("chunked responses are not supported by this client")
+    await reader.readexactly(length)
+    return int(head.split(b" ", 2)[1])
+
+
+async def run_raw(load: Load, port: int, requests: list[bytes], clients: int) -> None:
+    """One asyncio stream connection per client: a load generator that costs little CPU."""
+    connections = [await asyncio.open_connection(HOST, port) for _ in range(clients)]
+    for index, (reader, writer) in enumerate(connections):  # warm-up
+        await exchange(reader, writer, requests[index % len(requests)])
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (index := load.next_index()) is not None:
+            sent = time.perf_counter()
+            try:
+                status = await exchange(reader, writer, requests[index % len(requests)])
+            except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
+                load.record(sent, type(exc).__name__)
+                return
+            load.record(sent, None if status == 200 else f"HTTP {status}")
+
+    load.start()
+    await asyncio.gather(*(client(r, w) for r, w in connections))
+    for _, writer in connections:
+        writer.close()
+
+
+async def run_httpx(
+    load: Load, port: int, bodies: list[dict[str, Any]] | None, clients: int
+) -> None:
+    """``clients`` tasks sharing one ``httpx.AsyncClient`` with ``clients`` connections."""
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30.0) as client:
+    base = f"http://{HOST}:{port}"
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30.0) as http:
 
         async def send(index: int) -> httpx.Response:
             if bodies is None:
-                return await client.get("/healthz")
-            return await client.post("/v1/triage", json=bodies[index % len(bodies)])
+                return await http.get("/healthz")
+            return await http.post("/v1/triage", json=bodies[index % len(bodies)])
 
-        for index in range(2 * clients):  # warm-up: open the connections
-            await send(index)
-        started = time.perf_counter()
-        deadline = started + max_seconds
+        await asyncio.gather(*(send(i) for i in range(clients)))  # warm-up
 
-        async def worker() -> None:
-            nonlocal issued
-            while issued < total and time.perf_counter() < deadline:
-                issued += 1
+        async def client() -> None:
+            while (index := load.next_index()) is not None:
                 sent = time.perf_counter()
                 try:
-                    response = await send(issued)
-                    key = None if response.status_code == 200 else f"HTTP {response.status_code}"
+                    response = await send(index)
+                    error = None if response.status_code == 200 else f"HTTP {response.status_code}"
                 except httpx.HTTPError as exc:
-                    key = type(exc).__name__
-                latencies.append(time.perf_counter() - sent)
-                if key is not None:
-                    errors[key] = errors.get(key, 0) + 1
+                    error = type(exc).__name__
+                load.record(sent, error)
 
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        seconds = time.perf_counter() - started
-    return summarize(latencies, errors, seconds)
+        load.start()
+        await asyncio.gather(*(client() for _ in range(clients)))
+
+
+def measure(
+    kind: str,
+    port: int,
+    bodies: list[dict[str, Any]] | None,
+    clients: int,
+    total: int,
+    max_seconds: float,
+) -> dict[str, Any]:
+    """One load run with the chosen client; latencies summarised."""
+    load = Load(total, max_seconds)
+    if kind == "raw":
+        asyncio.run(run_raw(load, port, raw_requests(port, bodies), clients))
+    else:
+        asyncio.run(run_httpx(load, port, bodies, clients))
+    return summarize(load.latencies, load.errors, time.perf_counter() - load.started)
 
 
 def summarize(latencies: list[float], errors: dict[str, int], seconds: float) -> dict[str, Any]:
@@ -204,14 +305,35 @@ def main() -> None:
         started = time.perf_counter()
         with server(
             model_dir, port, Path(tmp) / "server.log", args.log_level, args.startup_timeout
-        ) as base:
+        ) as pid:
             ready_seconds = time.perf_counter() - started
-            target_run = f"POST /v1/triage, {args.clients} clients"
-            runs[target_run] = asyncio.run(load(base, bodies, args.clients, args.requests, cap))
-            runs["POST /v1/triage, 1 client"] = asyncio.run(load(base, bodies, 1, n_ref, cap))
-            runs[f"GET /healthz, {args.clients} clients (HTTP stack + client only)"] = asyncio.run(
-                load(base, None, args.clients, n_ref, cap)
-            )
+            target_run = f"POST /v1/triage, {args.clients} clients, raw client"
+            plan = {
+                target_run: ("raw", bodies, args.clients, args.requests),
+                f"POST /v1/triage, {args.clients} clients, httpx client": (
+                    "httpx",
+                    bodies,
+                    args.clients,
+                    args.requests,
+                ),
+                "POST /v1/triage, 1 client, raw client": ("raw", bodies, 1, n_ref),
+                f"GET /healthz, {args.clients} clients, raw client": (
+                    "raw",
+                    None,
+                    args.clients,
+                    n_ref,
+                ),
+            }
+            for name, (kind, payloads, clients, total) in plan.items():
+                server_cpu, client_cpu = cpu_seconds(pid), time.process_time()
+                run = measure(kind, port, payloads, clients, total, cap)
+                run["server_cpu_ms_per_request"] = round(
+                    1000 * (cpu_seconds(pid) - server_cpu) / run["requests"], 2
+                )
+                run["client_cpu_ms_per_request"] = round(
+                    1000 * (time.process_time() - client_cpu) / run["requests"], 2
+                )
+                runs[name] = run
         runs["in-process pipeline([message]), no HTTP"] = in_process(model_dir, bodies, n_ref)
 
     print(f"\nserver ready after {ready_seconds:.1f} s (start, imports, model load)\n")
@@ -231,6 +353,8 @@ def main() -> None:
                 lat["p90"],
                 lat["p99"],
                 lat["max"],
+                run.get("server_cpu_ms_per_request", "-"),
+                run.get("client_cpu_ms_per_request", "-"),
                 status,
             ]
         )
@@ -245,6 +369,8 @@ def main() -> None:
                 "p90 ms",
                 "p99 ms",
                 "max ms",
+                "server CPU ms/req",
+                "client CPU ms/req",
                 f"p99 ≤ {P99_TARGET_MS:g} ms",
             ],
             rows,

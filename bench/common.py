@@ -54,6 +54,17 @@ def seed_corpus() -> dict[str, str]:
     return out
 
 
+def source_fingerprint() -> str:
+    """SHA-256 prefix over the package sources and data (not bench/): which code was measured."""
+    digest = hashlib.sha256()
+    for folder in ("api", "models", "training", "triage"):
+        for path in sorted((REPO_ROOT / folder).rglob("*")):
+            if path.is_file() and not path.is_symlink() and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0")
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub Markdown table; floats get three decimals below 10, fewer above."""
 
@@ -71,7 +82,13 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     """Write ``bench/results/NAME.json`` with the machine facts added; returns its path."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
-    payload = {"benchmark": name, "machine": machine(), "seed_corpus": seed_corpus(), **data}
+    payload = {
+        "benchmark": name,
+        "machine": machine(),
+        "source_sha256": source_fingerprint(),
+        "seed_corpus": seed_corpus(),
+        **data,
+    }
     path.write_text(json.dumps(payload, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return path
 

@@ -190,18 +190,44 @@ def batch(
 @main.command()
 @click.option("--host", help="Interface to listen on (default: TRIAGE_HOST or 127.0.0.1).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port (default: TRIAGE_PORT or 8000).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Server processes; use the number of cores for throughput.",
+)
 @model_dir_option
-def serve(host: str | None, port: int | None, model_dir: Path | None) -> None:
+def serve(host: str | None, port: int | None, workers: int, model_dir: Path | None) -> None:
     """Run the HTTP API."""
+    import os
+
     import uvicorn
 
     from triage.api.app import create_app
+    from triage.service import ensure_default_model
 
     settings = _settings(host=host, port=port, model_dir=model_dir)
     _announce_training(settings)
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,  # the app logs each request (method, path, status, time) itself
+    }
+    if workers == 1:
+        uvicorn.run(create_app(settings), **common)
+        return
+    # Worker processes import the app and read their settings from the environment; the model
+    # is trained once here rather than by every worker.
+    if settings.train_if_missing:
+        ensure_default_model(settings.model_dir)
+    os.environ.update(
+        TRIAGE_HOST=settings.host,
+        TRIAGE_PORT=str(settings.port),
+        TRIAGE_MODEL_DIR=str(settings.model_dir),
     )
+    uvicorn.run("triage.api.app:app", workers=workers, **common)
 
 
 def _train_summary(report: TrainReport) -> str:

@@ -32,6 +32,11 @@ class Thresholds:
     # even if another level is likelier: missing a P1 costs more than a false alarm. 0.25 was
     # chosen from 5-fold cross-validation on the seed training split (P1 recall 0.94).
     top_urgency_probability: float = 0.25
+    # How much of the positive/negative split comes from the sentiment head (trained on
+    # customer messages) rather than the polarity head (which also learned from product
+    # reviews). 0.5 keeps both in-domain macro-F1 and out-of-domain review accuracy (see
+    # docs/model.md for the measured trade-off).
+    polarity_blend: float = 0.5
     complaint: float = 0.5
     review_topic_confidence: float = 0.5
     review_urgency_confidence: float = 0.5
@@ -225,17 +230,21 @@ class TriagePipeline:
         )
 
     def _sentiment_probabilities(self, probs: dict[str, FloatArray]) -> FloatArray:
-        """The sentiment head decides neutral or not; when the model has a polarity head
-        (trained with review sentences as well) it splits the rest into positive and negative."""
+        """The sentiment head decides how likely the message is neutral. When the model also
+        has a polarity head (trained with review sentences too), the rest is split between
+        positive and negative by a blend of both heads (``Thresholds.polarity_blend``)."""
         sentiment = probs["sentiment"]
         if "polarity" not in probs:
             return sentiment
         labels = self.engine.heads["sentiment"].labels
         negative, positive = labels.index("negative"), labels.index("positive")
         polar_mass = sentiment[:, negative] + sentiment[:, positive]
+        own_share = sentiment[:, positive] / np.maximum(polar_mass, 1e-9)
+        blend = self.thresholds.polarity_blend
+        positive_share = blend * own_share + (1.0 - blend) * probs["polarity"][:, 1]
         combined = sentiment.copy()
-        combined[:, negative] = polar_mass * probs["polarity"][:, 0]
-        combined[:, positive] = polar_mass * probs["polarity"][:, 1]
+        combined[:, negative] = polar_mass * (1.0 - positive_share)
+        combined[:, positive] = polar_mass * positive_share
         return combined
 
     def run_prepared(self, prepared: Sequence[Prepared]) -> list[TriageResult]:
