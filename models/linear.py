@@ -21,7 +21,6 @@ from numpy.typing import NDArray
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import normalize as l2_normalize
 
 from triage.errors import ConfigError, ModelError
 from triage.models.card import library_versions, write_model_card
@@ -120,10 +119,10 @@ _PRIME = np.uint64(0x100000001B3)
 
 
 def _hashed_ngrams(
-    codes: NDArray[np.uint64], owners: NDArray[np.int64], sizes: range, n_rows: int, width: int
-) -> sp.csr_matrix:
-    """Count matrix of hashed n-grams of each size; n-grams never span two rows."""
-    rows, columns = [], []
+    codes: NDArray[np.uint64], owners: NDArray[np.int64], sizes: range, width: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(row, column) of every hashed n-gram of each size; n-grams never span two rows."""
+    rows, columns = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for size in sizes:
         span = len(codes) - size + 1
         if span <= 0:
@@ -134,14 +133,22 @@ def _hashed_ngrams(
         inside = owners[:span] == owners[size - 1 : size - 1 + span]
         rows.append(owners[:span][inside])
         columns.append((_mix(combined[inside]) % np.uint64(width)).astype(np.int64))
-    if not rows:
-        return sp.csr_matrix((n_rows, width), dtype=np.float32)
-    row_index, column_index = np.concatenate(rows), np.concatenate(columns)
-    counts = sp.csr_matrix(
-        (np.ones(len(row_index), np.float32), (row_index, column_index)), shape=(n_rows, width)
-    )
-    counts.sum_duplicates()
-    return counts
+    return np.concatenate(rows), np.concatenate(columns)
+
+
+@dataclass(frozen=True)
+class SparseRows:
+    """CSR parts of a feature matrix, without the cost of building a scipy matrix."""
+
+    indptr: NDArray[np.int64]
+    columns: NDArray[np.int64]
+    values: FloatArray
+    n_columns: int
+
+    def to_csr(self) -> sp.csr_matrix:
+        return sp.csr_matrix(
+            (self.values, self.columns, self.indptr), shape=(len(self.indptr) - 1, self.n_columns)
+        )
 
 
 class Featurizer:
@@ -156,6 +163,7 @@ class Featurizer:
         self.segmenter = Segmenter(config.segmenter)
         self.idf_char = idf_char
         self.idf_word = idf_word
+        self._idf = np.concatenate([idf_char, idf_word])
         self.char_width: int = 2**config.char_features_log2
         self.word_width: int = 2**config.word_features_log2
         self._token_codes: dict[str, int] = {}
@@ -172,7 +180,8 @@ class Featurizer:
                 self._token_codes[token] = code
         return code
 
-    def counts(self, texts: Sequence[str]) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    def counts(self, texts: Sequence[str]) -> SparseRows:
+        """N-gram counts; word columns follow the char columns."""
         lowered = [t.lower() for t in texts]
         char_codes = np.frombuffer("".join(lowered).encode("utf-32-le"), dtype=np.uint32)
         char_owners = np.repeat(np.arange(len(texts)), [len(t) for t in lowered])
@@ -181,45 +190,47 @@ class Featurizer:
             (self._token_code(w) for words in word_lists for w in words), dtype=np.uint64
         )
         word_owners = np.repeat(np.arange(len(texts)), [len(words) for words in word_lists])
-        char_sizes = range(self.config.char_ngram_min, self.config.char_ngram_max + 1)
-        return (
-            _hashed_ngrams(
-                char_codes.astype(np.uint64), char_owners, char_sizes, len(texts), self.char_width
-            ),
-            _hashed_ngrams(
-                word_codes,
-                word_owners,
-                range(1, self.config.word_ngram_max + 1),
-                len(texts),
-                self.word_width,
-            ),
+        char_rows, char_columns = _hashed_ngrams(
+            char_codes.astype(np.uint64),
+            char_owners,
+            range(self.config.char_ngram_min, self.config.char_ngram_max + 1),
+            self.char_width,
+        )
+        word_rows, word_columns = _hashed_ngrams(
+            word_codes, word_owners, range(1, self.config.word_ngram_max + 1), self.word_width
+        )
+        keys = np.concatenate([char_rows, word_rows]) * self.n_features + np.concatenate(
+            [char_columns, word_columns + self.char_width]
+        )
+        unique_keys, counts = np.unique(keys, return_counts=True)
+        rows = unique_keys // self.n_features
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(texts)))])
+        return SparseRows(
+            indptr, unique_keys % self.n_features, counts.astype(np.float32), self.n_features
         )
 
-    @staticmethod
-    def _tfidf(counts: sp.csr_matrix, idf: FloatArray) -> sp.csr_matrix:
-        weighted = counts.copy()
-        weighted.data = (1.0 + np.log(weighted.data)) * idf[weighted.indices]
-        return l2_normalize(weighted, copy=False)
+    def weighted(self, texts: Sequence[str]) -> SparseRows:
+        """Sublinear TF-IDF, L2-normalised separately over the char and the word columns."""
+        counts = self.counts(texts)
+        values = (1.0 + np.log(counts.values)) * self._idf[counts.columns]
+        rows = np.repeat(np.arange(len(counts.indptr) - 1), np.diff(counts.indptr))
+        block = rows * 2 + (counts.columns >= self.char_width)
+        norms = np.sqrt(np.bincount(block, weights=values * values, minlength=2 * len(texts)))
+        values = (values / norms[block]).astype(np.float32)
+        return SparseRows(counts.indptr, counts.columns, values, self.n_features)
 
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
-        char_counts, word_counts = self.counts(texts)
-        return sp.hstack(
-            [self._tfidf(char_counts, self.idf_char), self._tfidf(word_counts, self.idf_word)],
-            format="csr",
-        )
+        return self.weighted(texts).to_csr()
 
     @classmethod
     def fit(cls, config: LinearConfig, texts: Sequence[str]) -> Featurizer:
         unfitted = cls(config, np.ones(1, np.float32), np.ones(1, np.float32))
-        char_counts, word_counts = unfitted.counts(texts)
-
-        def idf(counts: sp.csr_matrix) -> FloatArray:
-            document_frequency = np.bincount(counts.indices, minlength=counts.shape[1])
-            n_documents = counts.shape[0]
-            smoothed: FloatArray = np.log((1 + n_documents) / (1 + document_frequency)) + 1
-            return smoothed.astype(np.float32)
-
-        return cls(config, idf(char_counts), idf(word_counts))
+        counts = unfitted.counts(texts)
+        document_frequency = np.bincount(counts.columns, minlength=unfitted.n_features)
+        n_documents = len(texts)
+        smoothed: FloatArray = np.log((1 + n_documents) / (1 + document_frequency)) + 1
+        idf = smoothed.astype(np.float32)
+        return cls(config, idf[: unfitted.char_width], idf[unfitted.char_width :])
 
 
 class LinearEngine:
@@ -265,7 +276,10 @@ class LinearEngine:
             return {
                 name: np.zeros((0, len(s.labels)), np.float32) for name, s in self.heads.items()
             }
-        scores = np.asarray(self.featurizer.transform(texts) @ self.weights) + self.biases
+        features = self.featurizer.weighted(texts)
+        # Every row has at least one character n-gram, so no row of reduceat is empty.
+        contributions = self.weights[features.columns] * features.values[:, None]
+        scores = np.add.reduceat(contributions, features.indptr[:-1], axis=0) + self.biases
         out: dict[str, FloatArray] = {}
         for name, spec in self.heads.items():
             block = scores[:, self._slices[name]]
