@@ -43,10 +43,23 @@ P99_TARGET_MS = 25.0
 HOST = "127.0.0.1"
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far, from ``/proc/PID/stat`` (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(root: int) -> float:
+    """User + system CPU seconds so far of a process and its live descendants (Linux /proc)."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended meanwhile
+        pid = int(stat.parent.name)
+        parents[pid], ticks[pid] = int(fields[1]), int(fields[11]) + int(fields[12])
+    tree, frontier = {root}, [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        frontier = [pid for pid in children if pid not in tree]
+        tree.update(frontier)
+    return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -69,7 +82,12 @@ def seed_bodies() -> list[dict[str, Any]]:
 
 @contextmanager
 def server(
-    model_dir: Path, port: int, log_path: Path, log_level: str, startup_timeout: float
+    model_dir: Path,
+    port: int,
+    workers: int,
+    log_path: Path,
+    log_level: str,
+    startup_timeout: float,
 ) -> Iterator[int]:
     """Run ``triage serve`` until the block ends; yields its process id once ``/readyz``
     answers 200."""
@@ -83,6 +101,7 @@ def server(
         str(port),
         "--model-dir",
         str(model_dir),
+        *(["--workers", str(workers)] if workers > 1 else []),
     ]
     env = {**os.environ, "TRIAGE_LOG_LEVEL": log_level, "TRIAGE_TRAIN_IF_MISSING": "false"}
     base = f"http://{HOST}:{port}"
@@ -90,20 +109,22 @@ def server(
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + startup_timeout
-        while True:
+        ready_in_a_row = 0  # with several workers, each new connection may reach another one
+        while ready_in_a_row < 10 * workers:
             if process.poll() is not None:
                 sys.exit(
                     f"error: the server exited with {process.returncode}:\n"
                     f"{log_path.read_text()[-2000:]}"
                 )
             try:
-                if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
-                    break
+                ready = httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200
             except httpx.TransportError:
-                pass
+                ready = False
+            ready_in_a_row = ready_in_a_row + 1 if ready else 0
             if time.monotonic() > deadline:
                 sys.exit(f"error: /readyz not ready after {startup_timeout} s")
-            time.sleep(0.2)
+            if not ready:
+                time.sleep(0.2)
         yield process.pid
     finally:
         process.send_signal(signal.SIGINT)
@@ -289,6 +310,9 @@ def main() -> None:
         default="info",
         help="the server's TRIAGE_LOG_LEVEL (info logs every request)",
     )
+    parser.add_argument(
+        "--server-workers", type=int, default=1, help="passed to `triage serve --workers`"
+    )
     parser.add_argument("--startup-timeout", type=float, default=120.0)
     args = parser.parse_args()
 
@@ -304,7 +328,12 @@ def main() -> None:
         port = free_port()
         started = time.perf_counter()
         with server(
-            model_dir, port, Path(tmp) / "server.log", args.log_level, args.startup_timeout
+            model_dir,
+            port,
+            args.server_workers,
+            Path(tmp) / "server.log",
+            args.log_level,
+            args.startup_timeout,
         ) as pid:
             ready_seconds = time.perf_counter() - started
             target_run = f"POST /v1/triage, {args.clients} clients, raw client"
@@ -336,7 +365,10 @@ def main() -> None:
                 runs[name] = run
         runs["in-process pipeline([message]), no HTTP"] = in_process(model_dir, bodies, n_ref)
 
-    print(f"\nserver ready after {ready_seconds:.1f} s (start, imports, model load)\n")
+    print(
+        f"\ntriage serve with {args.server_workers} worker process(es), log level "
+        f"{args.log_level}; ready after {ready_seconds:.1f} s (start, imports, model load)\n"
+    )
     rows = []
     for name, run in runs.items():
         lat = run["latency_ms"]
@@ -377,13 +409,14 @@ def main() -> None:
         )
     )
     path = write_result(
-        "api_latency",
+        "api_latency" if args.server_workers == 1 else f"api_latency_workers{args.server_workers}",
         {
             "clients": args.clients,
             "target_run": target_run,
             "target_p99_ms": P99_TARGET_MS,
             "server_ready_seconds": round(ready_seconds, 2),
             "server_log_level": args.log_level,
+            "server_workers": args.server_workers,
             "runs": runs,
         },
     )

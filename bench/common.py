@@ -65,6 +65,9 @@ def source_fingerprint() -> str:
     return digest.hexdigest()[:12]
 
 
+SOURCE_AT_START = source_fingerprint()
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub Markdown table; floats get three decimals below 10, fewer above."""
 
@@ -82,10 +85,13 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     """Write ``bench/results/NAME.json`` with the machine facts added; returns its path."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
+    source = source_fingerprint()
+    if source != SOURCE_AT_START:
+        print(f"warning: the sources changed during the run ({SOURCE_AT_START} → {source})")
     payload = {
         "benchmark": name,
         "machine": machine(),
-        "source_sha256": source_fingerprint(),
+        "source_sha256": source if source == SOURCE_AT_START else f"{SOURCE_AT_START}→{source}",
         "seed_corpus": seed_corpus(),
         **data,
     }
@@ -99,8 +105,11 @@ def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
     return "met" if met else "missed"
 
 
-def trained_default_model(out_dir: Path) -> float:
-    """Train the default model (``train_linear`` defaults) into ``out_dir``; returns seconds."""
+def trained_default_model(out_dir: Path, linear: dict[str, Any] | None = None) -> float:
+    """Train the default model (``train_linear`` defaults, or these ``LinearConfig`` fields)
+    into ``out_dir``; returns seconds."""
+    from triage.models.linear import LinearConfig
     from triage.training.train import TrainArguments, train_linear
 
-    return train_linear(TrainArguments(out_dir=out_dir)).seconds
+    config = LinearConfig(**(linear or {}))
+    return train_linear(TrainArguments(out_dir=out_dir, linear=config)).seconds

@@ -7,6 +7,7 @@ or loads ``--model-dir``, and scores the full pipeline (model and cues) on the s
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, help="evaluate this model instead of training")
     parser.add_argument("--dev", type=Path, default=seed_corpus_path("dev"), help="dev JSONL")
+    parser.add_argument(
+        "--linear",
+        type=json.loads,
+        default=None,
+        help="non-default LinearConfig fields as JSON, e.g. '{\"word_ngram_max\": 3}'",
+    )
     args = parser.parse_args()
 
     train_seconds = None
@@ -54,13 +61,17 @@ def main() -> None:
         model_dir = args.model_dir
         if model_dir is None:
             model_dir = Path(tmp) / "default"
-            train_seconds = round(trained_default_model(model_dir), 1)
+            train_seconds = round(trained_default_model(model_dir, args.linear), 1)
         result = measure(model_dir, args.dev)
 
     print(f"dev set: {args.dev} ({result['n']} messages)")
     print(f"seed corpus: {seed_corpus()}")
     if train_seconds is not None:
-        print(f"training (train_linear defaults, incl. threshold tuning): {train_seconds} s\n")
+        overrides = f", LinearConfig overrides {args.linear}" if args.linear else ""
+        print(
+            f"training (train_linear defaults{overrides}, incl. threshold tuning): "
+            f"{train_seconds} s\n"
+        )
     print(
         markdown_table(
             ["head", "accuracy", "macro-F1"],
@@ -81,11 +92,12 @@ def main() -> None:
     rows.append(["needs_review rate", result["needs_review_rate"], "-", "-"])
     print(markdown_table(["metric", "value", "target", "status"], rows))
     path = write_result(
-        "dev_metrics",
+        "dev_metrics_overrides" if args.linear else "dev_metrics",
         {
             "dev_path": str(args.dev),
             "model_dir": str(args.model_dir) if args.model_dir else None,
             "train_seconds": train_seconds,
+            "linear_config_overrides": args.linear or {},
             "targets": TARGETS,
             **result,
         },

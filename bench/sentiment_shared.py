@@ -22,6 +22,7 @@ import argparse
 import csv
 import tempfile
 import time
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -244,7 +245,7 @@ def report(results: dict[str, Any]) -> tuple[str, dict[str, float]]:
     picks = []
     for name, r in results.items():
         by_config = {c["config"]: c for c in r["in_domain"]}
-        own_best = max(names, key=lambda n, b=by_config: b[n]["validation_accuracy"])
+        own_best = max(r["in_domain"], key=itemgetter("validation_accuracy"))["config"]
         for choice, config in (
             ("default", names[0]),
             ("best mean validation", recommended),
