@@ -63,12 +63,12 @@ def test_csv_to_jsonl_keeps_every_row_in_order(tmp_path, settings, seed_rows, sm
     assert [r["id"] for r in records] == [row["id"] for row in rows]
     assert set(records[5]) == {"id", "error"}
     error = records[5]["error"]
-    assert isinstance(error, dict) and error["code"] == "invalid_input"
+    assert isinstance(error, dict) and error["code"] == "empty_text"
     assert error["message"].startswith("text is empty")
     expected = small_pipeline.triage_one(rows[0]["text"], id=rows[0]["id"], channel="review")
     assert TriageResult.model_validate(records[0]) == expected
     assert (summary.rows_read, summary.triaged) == (11, 10)
-    assert summary.errors == {"invalid_input": 1}
+    assert summary.errors == {"empty_text": 1}
     assert summary.rows_per_second > 0
 
 
@@ -94,17 +94,23 @@ def test_jsonl_to_csv_reports_each_kind_of_bad_row(tmp_path, small_model_dir, se
     assert list(rows[0]) == list(CSV_COLUMNS)
     assert [(r["id"], r["error_code"]) for r in rows] == [
         (seed_rows[0]["id"], ""),
-        ("empty", "invalid_input"),
+        ("empty", "empty_text"),
         ("3", "invalid_json"),
         ("5", "invalid_json"),
         ("no-text", "missing_text"),
-        ("long", "invalid_input"),
+        ("long", "text_too_long"),
         ("number", "invalid_input"),
         ("9", ""),  # no id: the line number stands in
     ]
     assert "limit is 200" in rows[5]["error_message"]
     assert rows[7]["masked_text"] == "没有编号的消息,快递三天没到"
-    assert summary.errors == {"invalid_input": 3, "invalid_json": 2, "missing_text": 1}
+    assert summary.errors == {
+        "empty_text": 1,
+        "text_too_long": 1,
+        "invalid_input": 1,
+        "invalid_json": 2,
+        "missing_text": 1,
+    }
     assert (summary.rows_read, summary.triaged) == (8, 2)
 
 
@@ -165,7 +171,7 @@ def test_workers_give_the_same_output_as_one_process(tmp_path, settings, seed_ro
     options = BatchOptions(chunk_size=7, workers=2, progress=False)
     summary = run_batch(source, two, settings, options)
     assert one.read_bytes() == two.read_bytes()
-    assert (summary.rows_read, summary.errors) == (44, {"invalid_input": 1})
+    assert (summary.rows_read, summary.errors) == (44, {"empty_text": 1})
 
 
 def test_rows_reach_the_model_in_chunks(tmp_path, settings, seed_rows, monkeypatch):

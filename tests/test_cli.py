@@ -151,12 +151,12 @@ def test_batch_csv_to_jsonl_keeps_bad_rows(runner, tmp_path, input_csv, small_mo
     records = read_jsonl(out)
     assert len(records) == 20
     error = records[3]["error"]
-    assert isinstance(error, dict) and error["code"] == "invalid_input"
+    assert isinstance(error, dict) and error["code"] == "empty_text"
     assert "topic" not in records[3]
     assert all("topic" in r for i, r in enumerate(records) if i != 3)
     assert "rows read   20" in result.stdout
     assert "triaged     19" in result.stdout
-    assert "errors      1 (invalid_input 1)" in result.stdout
+    assert "errors      1 (empty_text 1)" in result.stdout
     assert "20/20" in result.stderr  # the progress bar knew the total
 
 
@@ -173,7 +173,7 @@ def test_batch_jsonl_to_csv_keeps_bad_rows(runner, tmp_path, labeled_file, small
     with out.open(encoding="utf-8", newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert [r["id"] for r in rows] == [json.loads(line).get("id") for line in lines]
-    assert (rows[2]["error_code"], rows[2]["topic"]) == ("invalid_input", "")
+    assert (rows[2]["error_code"], rows[2]["topic"]) == ("empty_text", "")
     assert all(r["topic"] and not r["error_code"] for i, r in enumerate(rows) if i != 2)
     assert "rows read   11" in result.stdout
 

@@ -13,6 +13,7 @@ import yaml
 
 from triage.cues import CueLexicon, load_cue_lexicon
 from triage.errors import ConfigError
+from triage.replies import load_tone_rules
 from triage.resources import packaged_data_path
 from triage.taxonomy import Taxonomy, load_taxonomy
 
@@ -21,6 +22,7 @@ DATA_DIR = packaged_data_path("taxonomy.yaml").parent
 LOADERS: dict[str, Callable[[Path], object]] = {
     "taxonomy.yaml": load_taxonomy,
     "cues.yaml": lambda path: load_cue_lexicon(load_taxonomy(), path),
+    "tone_rules.yaml": load_tone_rules,
 }
 
 

@@ -25,3 +25,15 @@ class ModelError(TriageError):
     """A model directory is missing, incomplete or incompatible with this version."""
 
     code = "model_error"
+
+
+class EmptyTextError(InputError):
+    """The message has no text once markup and whitespace are removed."""
+
+    code = "empty_text"
+
+
+class TextTooLongError(InputError):
+    """The message is longer than the configured limit."""
+
+    code = "text_too_long"

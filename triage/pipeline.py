@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from triage.cues import Cue, CueLexicon, load_cue_lexicon
-from triage.errors import InputError, ModelError
+from triage.errors import EmptyTextError, ModelError, TextTooLongError
 from triage.models.linear import FloatArray, LinearEngine
 from triage.pii import mask_pii
 from triage.schemas import CueHit, Message, ModelInfo, TriageResult
@@ -116,12 +116,12 @@ class TriagePipeline:
     def preprocess(self, message: Message) -> Prepared:
         """Normalise, mask personal data and find urgency cues; rejects unusable text."""
         if len(message.text) > self.max_text_length:
-            raise InputError(
+            raise TextTooLongError(
                 f"text has {len(message.text)} characters; the limit is {self.max_text_length}"
             )
         normalized = normalize(message.text)
         if not normalized:
-            raise InputError("text is empty or whitespace only (after removing markup)")
+            raise EmptyTextError("text is empty or whitespace only (after removing markup)")
         masked = mask_pii(normalized).text
         cues = [_cue_hit(cue) for cue in self.lexicon.find(masked)]
         tier = message.customer.tier if message.customer else None

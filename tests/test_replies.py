@@ -1,0 +1,190 @@
+"""The reply template bank, slot rendering and the tone check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from triage.errors import ConfigError, InputError
+from triage.replies import (
+    ReplyTemplate,
+    bank_check,
+    check_reply,
+    load_template_bank,
+    load_tone_rules,
+)
+from triage.taxonomy import load_taxonomy
+
+TAXONOMY = load_taxonomy()
+RULES = load_tone_rules()
+BANK = load_template_bank(TAXONOMY)
+SAMPLE = {
+    "salutation": "张先生",
+    "company": "安心家电",
+    "hotline": "400-800-1234",
+    "agent_name": "小王",
+    "order_id": "DD20241101",
+    "contract_id": "HT-2024-018",
+    "invoice_id": "FP-88231",
+    "amount": "1,280元",
+    "date": "11月25日",
+    "product": "空气炸锅",
+}
+CONTEXT = {k: SAMPLE[k] for k in ("salutation", "company", "hotline", "agent_name")}
+
+
+def _all_slots(template: ReplyTemplate) -> dict[str, str]:
+    names = [*template.slots.required, *template.slots.optional]
+    return {**CONTEXT, **{name: SAMPLE.get(name, "示例") for name in names}}
+
+
+def test_bank_covers_every_topic_with_enough_templates():
+    assert len(BANK.templates) >= 80
+    for topic in TAXONOMY.topic_ids:
+        assert BANK.by_topic(topic), f"no template for {topic}"
+    assert {t.tone for t in BANK.templates} == {"standard", "apologetic", "formal", "chat"}
+
+
+@pytest.mark.parametrize("template", BANK.templates, ids=lambda t: t.id)
+def test_every_template_passes_the_tone_check_with_all_slots(template):
+    report = bank_check(template, RULES, _all_slots(template))
+    assert report.passed, [(f.kind, f.message, f.text) for f in report.findings]
+    assert report.score == 1.0
+
+
+@pytest.mark.parametrize("template", BANK.templates, ids=lambda t: t.id)
+def test_no_placeholder_leaks_when_optional_slots_are_missing(template):
+    values = {**CONTEXT, **{name: SAMPLE.get(name, "示例") for name in template.slots.required}}
+    draft = template.render(values)
+    assert "{" not in draft and "[[" not in draft and "]]" not in draft
+    assert draft.startswith("张先生") or draft.startswith("尊敬的张先生")
+    assert bank_check(template, RULES, values).passed
+
+
+def _template(**changes: object) -> dict[str, object]:
+    data: dict[str, object] = {
+        "id": "logistics.late_delivery.standard",
+        "topic": "logistics",
+        "situation": "late_delivery",
+        "tone": "standard",
+        "channels": ["chat"],
+        "description": "包裹延误时使用",
+        "examples": ["快递还没到"],
+        "slots": {"required": ["order_id"], "optional": ["date"]},
+        "text": "{salutation}您好，订单{order_id}延误了[[，预计{date}送达]]。",
+    }
+    data.update(changes)
+    return data
+
+
+def test_render_drops_segments_whose_slots_are_missing():
+    template = ReplyTemplate.model_validate(_template())
+    assert (
+        template.render({"salutation": "李女士", "order_id": "A1"}) == "李女士您好，订单A1延误了。"
+    )
+    assert template.render({"salutation": "李女士", "order_id": "A1", "date": "明天"}) == (
+        "李女士您好，订单A1延误了，预计明天送达。"
+    )
+
+
+def test_render_refuses_to_leak_a_missing_required_slot():
+    template = ReplyTemplate.model_validate(_template())
+    with pytest.raises(InputError, match="order_id"):
+        template.render({"salutation": "李女士"})
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"text": "您好，订单{order_id}延误了。"}, "salutation"),
+        ({"text": "{salutation}您好，{invoice_id}有误。"}, "invoice_id"),
+        (
+            {"text": "{salutation}您好，订单{order_id}预计{date}送达。"},
+            "optional slots used outside",
+        ),
+        ({"text": "{salutation}您好，[[订单{order_id}]]延误。"}, "required slots used only inside"),
+        ({"text": "{salutation}您好，[[订单{order_id}延误。"}, "unbalanced"),
+        ({"id": "logistics.late.standard"}, "id must be"),
+        ({"tone": "angry"}, "tone"),
+    ],
+)
+def test_invalid_templates_are_rejected_with_file_and_key(tmp_path, changes, expected):
+    path = tmp_path / "bank.yaml"
+    path.write_text(yaml.safe_dump({"templates": [_template(**changes)]}, allow_unicode=True))
+    with pytest.raises(ConfigError) as error:
+        load_template_bank(TAXONOMY, tmp_path)
+    assert str(path) in str(error.value)
+    assert "templates.0" in str(error.value)
+    assert expected in str(error.value)
+
+
+def test_unknown_topic_and_duplicate_ids_are_rejected(tmp_path: Path):
+    (tmp_path / "a.yaml").write_text(
+        yaml.safe_dump({"templates": [_template()]}, allow_unicode=True)
+    )
+    (tmp_path / "b.yaml").write_text(
+        yaml.safe_dump({"templates": [_template()]}, allow_unicode=True)
+    )
+    with pytest.raises(ConfigError, match="already defined"):
+        load_template_bank(TAXONOMY, tmp_path)
+    (tmp_path / "b.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "templates": [
+                    _template(id="weather.rain.standard", topic="weather", situation="rain")
+                ]
+            },
+            allow_unicode=True,
+        )
+    )
+    with pytest.raises(ConfigError, match="topic"):
+        load_template_bank(TAXONOMY, tmp_path)
+
+
+GOOD_DRAFTS = [
+    "王女士您好，感谢您的反馈。包裹延误给您添麻烦了，非常抱歉。我们已联系快递加急派送，"
+    "预计明天下午前送达，送达前会再通知您。",
+    "李先生您好，谢谢您及时告诉我们。重复扣款给您带来了困扰，我们深感抱歉，"
+    "多扣的金额将在1-3个工作日内原路退回，到账后我们会短信告知您。",
+]
+BAD_DRAFTS = [
+    ("您好，这是您自己没有仔细看说明导致的，感谢反馈，抱歉，我们明天会跟进。", "blame"),
+    ("您好，感谢反馈，抱歉，这个不可能退款，我们明天会跟进。", "refusal"),
+    ("您好，感谢反馈，抱歉，呵呵，我们明天会跟进。", "sarcasm"),
+    ("您好，感谢反馈，抱歉，我们保证一定今天解决，明天会跟进。", "over_promise"),
+    ("您好，感谢您的反馈，我们会尽快处理并跟进。", "apology"),
+    ("您好，感谢您的反馈，给您添麻烦了，抱歉。", "follow_up"),
+    ("您好，抱歉给您添麻烦了，我们会在24小时内处理并告知您。", "thanks"),
+    ("感谢反馈，抱歉给您添麻烦，我们会在24小时内处理并告知您。", "greeting"),
+]
+
+
+@pytest.mark.parametrize("draft", GOOD_DRAFTS)
+def test_good_drafts_pass(draft):
+    report = check_reply(draft, RULES)
+    assert report.passed, report.findings
+
+
+@pytest.mark.parametrize(("draft", "kind"), BAD_DRAFTS)
+def test_bad_drafts_are_flagged_with_a_suggestion(draft, kind):
+    report = check_reply(draft, RULES)
+    found = [f for f in report.findings if f.kind == kind]
+    assert found and found[0].suggestion
+    assert report.score < 1.0
+    for finding in found:
+        if finding.start is not None:
+            assert draft[finding.start : finding.end] == finding.text
+
+
+def test_collections_replies_need_partnership_and_flexible_payment():
+    draft = "王经理您好，感谢来信。对账差异我们会在3个工作日内核实并回复您。"
+    kinds = {f.kind for f in check_reply(draft, RULES, complaint=False, collections=True).findings}
+    assert kinds == {"partnership", "flexible_payment"}
+
+
+def test_long_chat_replies_are_flagged():
+    draft = GOOD_DRAFTS[0] * 3
+    assert "too_long" in {f.kind for f in check_reply(draft, RULES, chat=True).findings}
+    assert "too_long" not in {f.kind for f in check_reply(draft, RULES).findings}

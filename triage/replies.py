@@ -1,0 +1,244 @@
+"""Reply drafts: the template bank, slot rendering and the tone check.
+
+The bank is data (``triage/data/replies/*.yaml``), validated on load. The tone rules
+(``triage/data/tone_rules.yaml``) describe what a good reply contains and what it must never
+say; the same check runs over every template of the bank and over agents' own drafts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from triage.errors import ConfigError, InputError
+from triage.resources import load_data_file, packaged_data_path
+from triage.taxonomy import Taxonomy
+from triage.text import normalize
+
+# Slots every deployment fills from configuration or the request, never from the message.
+CONTEXT_SLOTS = frozenset({"salutation", "company", "hotline", "agent_name"})
+_SLOT = re.compile(r"\{([a-z_]+)\}")
+_SEGMENT = re.compile(r"\[\[(.*?)\]\]", re.DOTALL)
+
+Tone = Literal["standard", "apologetic", "formal", "chat"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PatternRule(_Strict):
+    patterns: list[str] = Field(min_length=1)
+    message: str
+    suggestion: str
+    only_for: Literal["complaint"] | None = None
+
+    @field_validator("patterns")
+    @classmethod
+    def _compilable(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {pattern!r} ({exc})") from exc
+        return patterns
+
+    @cached_property
+    def regex(self) -> re.Pattern[str]:
+        return re.compile("|".join(f"(?:{p})" for p in self.patterns), re.MULTILINE)
+
+
+class ToneRules(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, ignored_types=(cached_property,))
+
+    required: dict[str, PatternRule]
+    forbidden: dict[str, PatternRule]
+    collections: dict[str, PatternRule]
+    chat_max_chars: int = Field(ge=10)
+    apology_topics: list[str]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem in a draft; ``start``/``end`` index the checked text (None when missing)."""
+
+    kind: str
+    message: str
+    suggestion: str
+    text: str = ""
+    start: int | None = None
+    end: int | None = None
+
+
+@dataclass(frozen=True)
+class ToneReport:
+    score: float
+    findings: tuple[Finding, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.findings
+
+
+def load_tone_rules(path: Path | None = None) -> ToneRules:
+    return load_data_file(path or packaged_data_path("tone_rules.yaml"), ToneRules)
+
+
+def check_reply(
+    text: str,
+    rules: ToneRules,
+    *,
+    complaint: bool = True,
+    collections: bool = False,
+    chat: bool = False,
+) -> ToneReport:
+    """Check a draft: forbidden phrasing (with spans), missing elements, length for chat.
+
+    The score starts at 1 and loses 0.25 per forbidden phrase and 0.15 per missing element.
+    """
+    text = normalize(text)
+    findings: list[Finding] = []
+    for kind, rule in rules.forbidden.items():
+        findings += [
+            Finding(kind, rule.message, rule.suggestion, m.group(), m.start(), m.end())
+            for m in rule.regex.finditer(text)
+        ]
+    forbidden = len(findings)
+    expected = dict(rules.required)
+    if collections:
+        expected.update(rules.collections)
+    for kind, rule in expected.items():
+        if rule.only_for == "complaint" and not complaint:
+            continue
+        if not rule.regex.search(text):
+            findings.append(Finding(kind, rule.message, rule.suggestion))
+    if chat and len(text) > rules.chat_max_chars:
+        findings.append(
+            Finding(
+                "too_long",
+                f"聊天渠道的回复过长（{len(text)} 字，建议不超过 {rules.chat_max_chars} 字）",
+                "精简为两三句：致歉、处理动作和时间、跟进",
+            )
+        )
+    missing = len(findings) - forbidden
+    score = max(0.0, 1.0 - 0.25 * forbidden - 0.15 * missing)
+    return ToneReport(round(score, 2), tuple(findings))
+
+
+class SlotSpec(_Strict):
+    required: list[str] = Field(default_factory=list)
+    optional: list[str] = Field(default_factory=list)
+
+
+class ReplyTemplate(_Strict):
+    """One hand-written reply, with when to use it and the slots it needs."""
+
+    id: str = Field(pattern=r"^[a-z_]+\.[a-z_]+\.(standard|apologetic|formal|chat)$")
+    topic: str
+    situation: str = Field(pattern=r"^[a-z_]+$")
+    tone: Tone
+    channels: list[str] = Field(min_length=1)
+    description: str = Field(min_length=4)
+    examples: list[str] = Field(min_length=1)
+    slots: SlotSpec = Field(default_factory=SlotSpec)
+    text: str = Field(min_length=10)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ReplyTemplate:
+        if self.id != f"{self.topic}.{self.situation}.{self.tone}":
+            raise ValueError(
+                f"id must be '<topic>.<situation>.<tone>' = "
+                f"{self.topic}.{self.situation}.{self.tone!s}"
+            )
+        if (
+            not self.text.lstrip().startswith("{salutation}")
+            and "尊敬的{salutation}" not in (self.text[:20])
+        ):
+            raise ValueError("text must start with the {salutation} slot")
+        if self.text.count("[[") != self.text.count("]]"):
+            raise ValueError("text has unbalanced [[ ]] segments")
+        inside = {s for segment in _SEGMENT.findall(self.text) for s in _SLOT.findall(segment)}
+        outside = set(_SLOT.findall(_SEGMENT.sub("", self.text)))
+        declared = set(self.slots.required) | set(self.slots.optional) | CONTEXT_SLOTS
+        undeclared = sorted((inside | outside) - declared)
+        if undeclared:
+            raise ValueError(f"text uses slots not listed in slots: {undeclared}")
+        optional_outside = sorted(set(self.slots.optional) & outside)
+        if optional_outside:
+            raise ValueError(f"optional slots used outside [[ ]]: {optional_outside}")
+        required_inside = sorted(set(self.slots.required) & inside - outside)
+        if required_inside:
+            raise ValueError(f"required slots used only inside [[ ]]: {required_inside}")
+        return self
+
+    def render(self, values: Mapping[str, str]) -> str:
+        """The draft: optional segments whose slots are missing are dropped; a missing
+        required or context slot raises :class:`InputError`, so no placeholder ever leaks."""
+
+        def keep(match: re.Match[str]) -> str:
+            segment = match.group(1)
+            return segment if all(values.get(s) for s in _SLOT.findall(segment)) else ""
+
+        text = _SEGMENT.sub(keep, self.text)
+        missing = sorted({s for s in _SLOT.findall(text) if not values.get(s)})
+        if missing:
+            raise InputError(f"template {self.id}: missing slots {missing}")
+        return _SLOT.sub(lambda m: values[m.group(1)], text).strip()
+
+
+class _BankFile(_Strict):
+    templates: list[ReplyTemplate] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class TemplateBank:
+    templates: tuple[ReplyTemplate, ...]
+
+    def by_topic(self, topic: str) -> list[ReplyTemplate]:
+        return [t for t in self.templates if t.topic == topic]
+
+
+def load_template_bank(taxonomy: Taxonomy, directory: Path | None = None) -> TemplateBank:
+    """Every ``*.yaml`` in the directory, checked against the taxonomy; ids unique across files."""
+    directory = directory or packaged_data_path("replies")
+    files = sorted(directory.glob("*.yaml"))
+    if not files:
+        raise ConfigError(f"{directory}: expected template files (*.yaml), found none")
+    templates: list[ReplyTemplate] = []
+    seen: dict[str, str] = {}
+    for path in files:
+        for index, template in enumerate(load_data_file(path, _BankFile).templates):
+            where = f"{path}: templates.{index}"
+            if template.topic not in taxonomy.topic_ids:
+                raise ConfigError(
+                    f"{where}.topic: expected one of {taxonomy.topic_ids} (got {template.topic!r})"
+                )
+            unknown = sorted(set(template.channels) - set(taxonomy.channels))
+            if unknown:
+                raise ConfigError(
+                    f"{where}.channels: expected values from {taxonomy.channels} (got {unknown})"
+                )
+            if template.id in seen:
+                raise ConfigError(
+                    f"{where}.id: {template.id!r} is already defined in {seen[template.id]}"
+                )
+            seen[template.id] = str(path)
+            templates.append(template)
+    return TemplateBank(tuple(templates))
+
+
+def bank_check(template: ReplyTemplate, rules: ToneRules, values: Mapping[str, str]) -> ToneReport:
+    """The tone check a bank template must pass, with the flags its topic and tone imply."""
+    return check_reply(
+        template.render(values),
+        rules,
+        complaint=template.topic in rules.apology_topics or template.tone == "apologetic",
+        collections=template.topic == "collections",
+        chat=template.tone == "chat",
+    )
