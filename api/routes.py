@@ -13,8 +13,14 @@ from triage.api.schemas import (
     ErrorResponse,
     HealthResponse,
     ReadyResponse,
+    ReplyCheckRequest,
+    ReplyCheckResponse,
+    ReplySuggestResponse,
+    ToneFinding,
 )
 from triage.api.validation import check_batch_size, check_messages
+from triage.pipeline import TriagePipeline
+from triage.replies import ToneRules, check_reply, load_tone_rules
 from triage.schemas import Message, TriageResult
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -25,13 +31,19 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 router = APIRouter()
 
 
+def tone_rules(pipeline: TriagePipeline) -> ToneRules:
+    """The rules the pipeline's suggester uses, or the packaged ones when it has none."""
+    return pipeline.suggester.rules if pipeline.suggester else load_tone_rules()
+
+
 @router.post("/v1/triage", tags=["triage"], responses=_ERRORS, response_model=TriageResult)
 async def triage(message: Message, settings: SettingsDep, pipeline: PipelineDep) -> Response:
     """Triage one message: topic, sentiment, urgency with its cues, complaint, review flags."""
     # One message takes well under a millisecond of CPU: running it on the event loop is
     # cheaper than a thread hand-off, and the result is serialised once, without re-validation.
     check_messages([message], settings, pipeline.taxonomy, batch=False)
-    return Response(pipeline([message])[0].model_dump_json(), media_type="application/json")
+    result = pipeline([message], replies=True)[0]
+    return Response(result.model_dump_json(), media_type="application/json")
 
 
 @router.post("/v1/triage/batch", tags=["triage"], responses=_ERRORS)
@@ -43,8 +55,45 @@ def triage_batch(
     its index."""
     check_batch_size(len(batch.items), settings)
     check_messages(batch.items, settings, pipeline.taxonomy, batch=True)
-    results = pipeline(batch.items)
+    results = pipeline(batch.items, replies=True)
     return BatchResponse(results=results, count=len(results))
+
+
+@router.post("/v1/replies/suggest", tags=["replies"], responses=_ERRORS)
+def suggest_replies(
+    message: Message, settings: SettingsDep, pipeline: PipelineDep
+) -> ReplySuggestResponse:
+    """Up to three reply drafts for a customer message, best first, each with its reason."""
+    check_messages([message], settings, pipeline.taxonomy, batch=False)
+    result = pipeline([message], replies=True)[0]
+    return ReplySuggestResponse(replies=result.replies, topic=result.topic, urgency=result.urgency)
+
+
+@router.post("/v1/replies/check", tags=["replies"], responses=_ERRORS)
+def check_draft(
+    request: ReplyCheckRequest, settings: SettingsDep, pipeline: PipelineDep
+) -> ReplyCheckResponse:
+    """Check an agent's draft before it is sent: blame, refusals, sarcasm, over-promising,
+    missing apology, next step, time frame or follow-up, and length for chat. When the
+    customer's message is given, it decides whether an apology and collections wording are due."""
+    complaint, collections = True, False
+    if request.message is not None:
+        customer = Message(text=request.message, channel=request.channel)
+        check_messages([customer], settings, pipeline.taxonomy, batch=False)
+        result = pipeline([customer])[0]
+        complaint, collections = result.is_complaint, result.topic == "collections"
+    report = check_reply(
+        request.draft,
+        tone_rules(pipeline),
+        complaint=complaint,
+        collections=collections,
+        chat=request.channel == "chat",
+    )
+    return ReplyCheckResponse(
+        score=report.score,
+        passed=report.passed,
+        findings=[ToneFinding(**vars(finding)) for finding in report.findings],
+    )
 
 
 @router.get("/healthz", tags=["health"])

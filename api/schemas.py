@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from triage.schemas import Message, ModelInfo, TriageResult
+from triage.schemas import Message, ModelInfo, ReplyDraft, TriageResult
 
 
 class BatchRequest(BaseModel):
@@ -54,3 +54,34 @@ class ErrorResponse(BaseModel):
     """The body of every 4xx and 5xx answer."""
 
     error: ErrorBody
+
+
+class ReplySuggestResponse(BaseModel):
+    replies: list[ReplyDraft]
+    topic: str
+    urgency: str
+
+
+class ReplyCheckRequest(BaseModel):
+    """An agent's draft, optionally with the customer's message it answers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    draft: str = Field(min_length=1, max_length=5000)
+    message: str | None = Field(default=None, max_length=5000)
+    channel: str | None = Field(default=None, max_length=50)
+
+
+class ToneFinding(BaseModel):
+    kind: str
+    message: str
+    suggestion: str
+    text: str
+    start: int | None = Field(description="offset in the normalised draft; null when missing")
+    end: int | None
+
+
+class ReplyCheckResponse(BaseModel):
+    score: float = Field(ge=0.0, le=1.0)
+    passed: bool
+    findings: list[ToneFinding]

@@ -178,9 +178,9 @@ def test_rows_reach_the_model_in_chunks(tmp_path, settings, seed_rows, monkeypat
     sizes: list[int] = []
     run_prepared = TriagePipeline.run_prepared
 
-    def spy(self, prepared):
+    def spy(self, prepared, replies=False):
         sizes.append(len(prepared))
-        return run_prepared(self, prepared)
+        return run_prepared(self, prepared, replies=replies)
 
     monkeypatch.setattr(TriagePipeline, "run_prepared", spy)
     run_batch(
@@ -195,7 +195,7 @@ def test_rows_reach_the_model_in_chunks(tmp_path, settings, seed_rows, monkeypat
 def test_a_worker_that_cannot_load_the_model_fails_the_run(tmp_path):
     broken = Settings(model_dir=tmp_path / "missing", train_if_missing=False)
     with pytest.raises(ModelError, match="no model found"):
-        list(_in_pool(iter([[]]), broken, workers=2))
+        list(_in_pool(iter([[]]), broken, workers=2, replies=False))
 
 
 def test_formats_come_from_extensions_or_explicit_options(tmp_path, settings, seed_rows):

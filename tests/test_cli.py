@@ -86,7 +86,9 @@ def test_classify_json(runner, small_model_dir, small_pipeline):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert set(data) == set(TriageResult.model_fields)
-    assert TriageResult.model_validate(data) == small_pipeline.triage_one(MESSAGE, channel="chat")
+    expected = small_pipeline.triage_one(MESSAGE, channel="chat")
+    assert TriageResult.model_validate(data).model_copy(update={"replies": []}) == expected
+    assert data["replies"] and data["replies"][0]["text"]  # drafts from the packaged bank
     assert "快递" in result.stdout  # not escaped as \\uXXXX
 
 
@@ -381,3 +383,29 @@ def test_serve_with_workers_passes_settings_through_the_environment(
     assert served["app"] == "triage.api.app:app" and served["workers"] == 2
     assert os.environ["TRIAGE_MODEL_DIR"] == str(small_model_dir)
     assert os.environ["TRIAGE_PORT"] == "9124"
+
+
+def test_replies_check_reports_findings_and_exit_code(runner):
+    bad = runner.invoke(main, ["replies", "check", "您好，这是您自己的问题，感谢反馈。"])
+    assert bad.exit_code == 1
+    assert "blame" in bad.stdout and "suggestion" in bad.stdout
+    good = "王女士您好，感谢您的反馈，非常抱歉让您久等了。我们已加急处理，明天上午前会联系您。"
+    passed = runner.invoke(main, ["replies", "check", good, "--json"])
+    assert passed.exit_code == 0, passed.output
+    assert json.loads(passed.stdout) == {"score": 1.0, "passed": True, "findings": []}
+
+
+def test_batch_with_replies_adds_drafts(runner, tmp_path, small_model_dir):
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"id": "a", "text": MESSAGE}, ensure_ascii=False) + "\n")
+    out = tmp_path / "out.jsonl"
+    args = ["batch", str(source), str(out), "--no-progress", "--replies"]
+    result = runner.invoke(main, [*args, "--model-dir", str(small_model_dir)])
+    assert result.exit_code == 0, result.output
+    (record,) = read_jsonl(out)
+    drafts = record["replies"]
+    assert isinstance(drafts, list) and drafts and "{" not in drafts[0]["text"]
+    plain = tmp_path / "plain.jsonl"
+    args = ["batch", str(source), str(plain), "--no-progress", "--model-dir", str(small_model_dir)]
+    assert runner.invoke(main, args).exit_code == 0
+    assert read_jsonl(plain)[0]["replies"] == []

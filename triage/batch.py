@@ -48,6 +48,7 @@ CSV_COLUMNS = (
     "cues",
     "masked_text",
     "model_version",
+    "replies",
     "error_code",
     "error_message",
 )
@@ -68,6 +69,7 @@ class BatchOptions:
     chunk_size: int = 512
     workers: int = 1
     progress: bool = True
+    replies: bool = False  # reply drafts cost about as much as the triage itself
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.workers < 1:
@@ -248,7 +250,9 @@ def _error_record(row_id: str, code: str, message: str) -> dict[str, Any]:
     return {"id": row_id, "error": {"code": code, "message": message}}
 
 
-def triage_rows(pipeline: TriagePipeline, rows: list[Row]) -> list[dict[str, Any]]:
+def triage_rows(
+    pipeline: TriagePipeline, rows: list[Row], replies: bool = False
+) -> list[dict[str, Any]]:
     """Output records for one chunk, in row order; rows that cannot be triaged become errors."""
     out: list[dict[str, Any] | None] = []
     prepared: list[Prepared] = []
@@ -270,7 +274,8 @@ def triage_rows(pipeline: TriagePipeline, rows: list[Row]) -> list[dict[str, Any
             continue
         slots.append(len(out))
         out.append(None)
-    for slot, result in zip(slots, pipeline.run_prepared(prepared), strict=True):
+    results = pipeline.run_prepared(prepared, replies=replies)
+    for slot, result in zip(slots, results, strict=True):
         out[slot] = result.model_dump(mode="json")
     return [record for record in out if record is not None]
 
@@ -292,6 +297,7 @@ def _csv_record(record: dict[str, Any]) -> dict[str, Any]:
         "cues": json.dumps(record["cues"], ensure_ascii=False, separators=(",", ":")),
         "masked_text": record["masked_text"],
         "model_version": record["model"]["version"],
+        "replies": json.dumps(record["replies"], ensure_ascii=False, separators=(",", ":")),
     }
 
 
@@ -320,12 +326,12 @@ def _init_worker(settings: Settings) -> None:
         _worker_pipeline = exc
 
 
-def _triage_in_worker(rows: list[Row]) -> list[dict[str, Any]]:
+def _triage_in_worker(rows: list[Row], replies: bool) -> list[dict[str, Any]]:
     if isinstance(_worker_pipeline, Exception):
         raise _worker_pipeline
     if _worker_pipeline is None:
         raise RuntimeError("batch worker used before its initializer ran")
-    return triage_rows(_worker_pipeline, rows)
+    return triage_rows(_worker_pipeline, rows, replies)
 
 
 def _chunks(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
@@ -335,7 +341,7 @@ def _chunks(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
 
 
 def _in_pool(
-    chunks: Iterator[list[Row]], settings: Settings, workers: int
+    chunks: Iterator[list[Row]], settings: Settings, workers: int, replies: bool
 ) -> Iterator[list[dict[str, Any]]]:
     """Chunk results in input order, with at most two chunks per worker read ahead.
 
@@ -346,7 +352,7 @@ def _in_pool(
     with get_context("spawn").Pool(workers, _init_worker, (worker_settings,)) as pool:
         pending: deque[AsyncResult[list[dict[str, Any]]]] = deque()
         for chunk in chunks:
-            pending.append(pool.apply_async(_triage_in_worker, (chunk,)))
+            pending.append(pool.apply_async(_triage_in_worker, (chunk, replies)))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().get()
         while pending:
@@ -392,9 +398,9 @@ def run_batch(
             ):
                 write = _record_writer(sink, out_format)
                 results = (
-                    (triage_rows(pipeline, chunk) for chunk in chunks)
+                    (triage_rows(pipeline, chunk, options.replies) for chunk in chunks)
                     if options.workers == 1
-                    else _in_pool(chunks, settings, options.workers)
+                    else _in_pool(chunks, settings, options.workers, options.replies)
                 )
                 for records in results:
                     for record in records:

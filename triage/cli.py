@@ -94,6 +94,9 @@ def describe(result: TriageResult, pipeline: TriagePipeline) -> str:
         *(f"  - {line}" for line in result.explanation),
         f"masked text   {result.masked_text}",
     ]
+    for number, reply in enumerate(result.replies, start=1):
+        lines += [f"reply {number}       {reply.template_id} ({reply.score:.2f}): {reply.reason}"]
+        lines += [f"  {line}" for line in reply.text.splitlines() if line.strip()]
     return "\n".join(lines)
 
 
@@ -113,7 +116,7 @@ def classify(text: str, as_json: bool, channel: str | None, model_dir: Path | No
     settings = _settings(model_dir=model_dir)
     _announce_training(settings)
     pipeline = load_pipeline(settings)
-    result = pipeline([message])[0]
+    result = pipeline([message], replies=True)[0]
     if as_json:
         click.echo(json.dumps(result.model_dump(mode="json"), ensure_ascii=False, indent=2))
     else:
@@ -156,6 +159,7 @@ def classify(text: str, as_json: bool, channel: str | None, model_dir: Path | No
     help="Processes, each loading the model once.",
 )
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option("--replies", is_flag=True, help="Add reply drafts to every result (slower).")
 @model_dir_option
 def batch(
     input_path: Path,
@@ -166,6 +170,7 @@ def batch(
     output_format: Any,
     workers: int,
     no_progress: bool,
+    replies: bool,
     model_dir: Path | None,
 ) -> None:
     """Triage every row of a CSV or JSONL file (INPUT, or -) into OUTPUT (or -).
@@ -182,6 +187,7 @@ def batch(
         output_format=output_format,
         workers=workers,
         progress=not no_progress,
+        replies=replies,
     )
     summary = run_batch(input_path, output_path, settings, options)
     click.echo(summary.format(), err=str(output_path) == "-")
@@ -315,3 +321,54 @@ def evaluate(model: Path, data: Path, as_json: bool, out: Path | None) -> None:
     else:
         click.echo(format_report({head: metrics[head] for head in HEADS}))
         click.echo(f"needs review: {metrics['needs_review_rate']:.1%} of messages")
+
+
+@main.group()
+def replies() -> None:
+    """Reply drafts: check an agent's draft before it is sent."""
+
+
+@replies.command("check")
+@click.argument("draft")
+@click.option("--message", help="The customer's message the draft answers (sets the context).")
+@click.option("--channel", help="Channel of the reply, e.g. chat (short replies expected).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@model_dir_option
+def check(
+    draft: str, message: str | None, channel: str | None, as_json: bool, model_dir: Path | None
+) -> None:
+    """Check DRAFT (or - for stdin) for blame, refusals, sarcasm, over-promising and missing
+    apology, next step, time frame or follow-up. Exit code 1 when it does not pass."""
+    from triage.replies import check_reply, load_tone_rules
+
+    if draft == "-":
+        draft = sys.stdin.read()
+    settings = _settings(model_dir=model_dir)
+    complaint, collections = True, False
+    if message is not None:
+        _announce_training(settings)
+        result = load_pipeline(settings)([Message(text=message, channel=channel)])[0]
+        complaint, collections = result.is_complaint, result.topic == "collections"
+    report = check_reply(
+        draft,
+        load_tone_rules(settings.tone_rules_path),
+        complaint=complaint,
+        collections=collections,
+        chat=channel == "chat",
+    )
+    if as_json:
+        body = {
+            "score": report.score,
+            "passed": report.passed,
+            "findings": [vars(f) for f in report.findings],
+        }
+        click.echo(json.dumps(body, ensure_ascii=False, indent=2))
+    else:
+        click.echo(f"score   {report.score:.2f} ({'passed' if report.passed else 'not passed'})")
+        for finding in report.findings:
+            where = f" [{finding.start}:{finding.end}] {finding.text!r}" if finding.text else ""
+            click.echo(
+                f"- {finding.kind}: {finding.message}{where}\n  suggestion: {finding.suggestion}"
+            )
+    if not report.passed:
+        raise SystemExit(1)

@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     cues_path: Path | None = None
     max_text_length: int = Field(default=5000, ge=1, le=100_000)
     max_batch_items: int = Field(default=100, ge=1, le=10_000)
+    replies_dir: Path | None = Field(
+        default=None, description="folder of reply template YAML files (default: packaged bank)"
+    )
+    tone_rules_path: Path | None = None
+    company_name: str = Field(default="本公司", description="fills {company} in reply drafts")
+    hotline: str = Field(default="客服热线", description="fills {hotline} in reply drafts")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = "info"

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from triage.cues import Cue, CueLexicon, load_cue_lexicon
+from triage.drafts import ReplySuggester
 from triage.errors import EmptyTextError, ModelError, TextTooLongError
 from triage.models.linear import FloatArray, LinearEngine
 from triage.pii import mask_pii
@@ -73,11 +74,13 @@ class TriagePipeline:
         taxonomy: Taxonomy | None = None,
         lexicon: CueLexicon | None = None,
         max_text_length: int = 5000,
+        suggester: ReplySuggester | None = None,
     ):
         self.engine = engine
         self.taxonomy = taxonomy or load_taxonomy()
         self.lexicon = lexicon or load_cue_lexicon(self.taxonomy)
         self.max_text_length = max_text_length
+        self.suggester = suggester
         self.thresholds = Thresholds.from_mapping(engine.meta.get("thresholds", {}))
         self._check_labels()
 
@@ -247,17 +250,24 @@ class TriagePipeline:
         combined[:, positive] = polar_mass * positive_share
         return combined
 
-    def run_prepared(self, prepared: Sequence[Prepared]) -> list[TriageResult]:
+    def run_prepared(
+        self, prepared: Sequence[Prepared], *, replies: bool = False
+    ) -> list[TriageResult]:
         probs = self._forward([p.masked_text for p in prepared])
         probs["sentiment"] = self._sentiment_probabilities(probs)
-        return [
+        results = [
             self.postprocess(p, {head: probs[head][i] for head in HEADS})
             for i, p in enumerate(prepared)
         ]
+        if replies and self.suggester is not None:
+            for result in results:
+                result.replies = self.suggester.suggest(result)
+        return results
 
-    def __call__(self, messages: Sequence[Message]) -> list[TriageResult]:
-        """Triage messages in one batch; raises :class:`InputError` on the first unusable one."""
-        return self.run_prepared([self.preprocess(m) for m in messages])
+    def __call__(self, messages: Sequence[Message], *, replies: bool = False) -> list[TriageResult]:
+        """Triage messages in one batch, with reply drafts when asked and a suggester is set;
+        raises :class:`InputError` on the first unusable message."""
+        return self.run_prepared([self.preprocess(m) for m in messages], replies=replies)
 
     def triage_one(self, text: str, **fields: Any) -> TriageResult:
         return self([Message(text=text, **fields)])[0]

@@ -101,6 +101,7 @@ def check_reply(
     """Check a draft: forbidden phrasing (with spans), missing elements, length for chat.
 
     The score starts at 1 and loses 0.25 per forbidden phrase and 0.15 per missing element.
+    Spans index the normalised draft.
     """
     text = normalize(text)
     findings: list[Finding] = []

@@ -42,6 +42,15 @@ class ModelInfo(BaseModel):
     engine: str
 
 
+class ReplyDraft(BaseModel):
+    """A suggested reply: filled from the bank, passed the tone check, with why it was chosen."""
+
+    template_id: str
+    text: str
+    score: float
+    reason: str
+
+
 class TriageResult(BaseModel):
     """Everything decided about one message, with the evidence for each decision."""
 
@@ -63,3 +72,6 @@ class TriageResult(BaseModel):
     masked_text: str
     channel: str | None
     model: ModelInfo
+    replies: list[ReplyDraft] = Field(
+        default_factory=list, description="reply drafts, best first (when requested)"
+    )

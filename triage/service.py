@@ -9,9 +9,11 @@ from pathlib import Path
 
 from triage.config import Settings
 from triage.cues import load_cue_lexicon
+from triage.drafts import DraftContext, ReplySuggester
 from triage.errors import ModelError
 from triage.models.linear import CONFIG_FILE
 from triage.pipeline import TriagePipeline
+from triage.replies import load_template_bank, load_tone_rules
 from triage.taxonomy import load_taxonomy
 
 logger = logging.getLogger("triage")
@@ -52,9 +54,15 @@ def load_pipeline(settings: Settings) -> TriagePipeline:
             )
         ensure_default_model(settings.model_dir)
     taxonomy = load_taxonomy(settings.taxonomy_path)
+    suggester = ReplySuggester(
+        load_template_bank(taxonomy, settings.replies_dir),
+        load_tone_rules(settings.tone_rules_path),
+        DraftContext(company=settings.company_name, hotline=settings.hotline),
+    )
     return TriagePipeline.from_directory(
         settings.model_dir,
         taxonomy=taxonomy,
         lexicon=load_cue_lexicon(taxonomy, settings.cues_path),
         max_text_length=settings.max_text_length,
+        suggester=suggester,
     )
