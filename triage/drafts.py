@@ -64,43 +64,50 @@ def _bigrams(text: str) -> Counter[str]:
 
 
 class _ExampleIndex:
-    """Unit-length character-bigram vectors of every template's examples and description,
-    in one sparse matrix, so a message is compared with the whole bank in one product."""
+    """IDF-weighted character-bigram vectors of every example and description in the bank, one
+    unit row each, grouped by (topic, situation): a message is compared with every situation in
+    one sparse product, and a situation scores by its closest example over all its tones."""
 
     def __init__(self, templates: tuple[ReplyTemplate, ...]):
-        self.vocabulary: dict[str, int] = {}
+        texts: list[str] = []
+        situations: list[tuple[str, str]] = []
+        for template in templates:
+            for text in (*template.examples, template.description):
+                texts.append(text)
+                situations.append((template.topic, template.situation))
+        counts = [_bigrams(text) for text in texts]
+        frequency = Counter(gram for grams in counts for gram in grams)
+        self.vocabulary = {gram: i for i, gram in enumerate(frequency)}
+        self.idf = np.log((1 + len(texts)) / (1 + np.array(list(frequency.values())))) + 1
         rows: list[int] = []
         columns: list[int] = []
         values: list[float] = []
-        owners: list[int] = []
-        for index, template in enumerate(templates):
-            for text in (*template.examples, template.description):
-                counts = _bigrams(text)
-                norm = math.sqrt(sum(v * v for v in counts.values())) or 1.0
-                for gram, count in counts.items():
-                    rows.append(len(owners))
-                    columns.append(self.vocabulary.setdefault(gram, len(self.vocabulary)))
-                    values.append(count / norm)
-                owners.append(index)
-        self.matrix = sp.csr_matrix(
-            (values, (rows, columns)), shape=(len(owners), len(self.vocabulary))
-        )
-        self.owners = np.array(owners)
-        self.n_templates = len(templates)
+        for row, grams in enumerate(counts):
+            weights = {
+                self.vocabulary[g]: c * self.idf[self.vocabulary[g]] for g, c in grams.items()
+            }
+            norm = math.sqrt(sum(w * w for w in weights.values())) or 1.0
+            for column, weight in weights.items():
+                rows.append(row)
+                columns.append(column)
+                values.append(weight / norm)
+        self.matrix = sp.csr_matrix((values, (rows, columns)), shape=(len(texts), len(frequency)))
+        self.keys = sorted(set(situations))
+        position = {key: i for i, key in enumerate(self.keys)}
+        self.owners = np.array([position[key] for key in situations])
 
-    def similarities(self, text: str) -> np.ndarray:
-        """Cosine of the message with each template's closest example."""
-        counts = _bigrams(text)
-        norm = math.sqrt(sum(v * v for v in counts.values()))
-        known = [(self.vocabulary[g], c) for g, c in counts.items() if g in self.vocabulary]
-        best = np.zeros(self.n_templates)
-        if not known or not norm:
-            return best
+    def similarities(self, text: str) -> dict[tuple[str, str], float]:
+        """Cosine of the message with each situation's closest example."""
         vector = np.zeros(len(self.vocabulary))
-        for column, count in known:
-            vector[column] = count / norm
-        np.maximum.at(best, self.owners, self.matrix @ vector)
-        return best
+        for gram, count in _bigrams(text).items():
+            column = self.vocabulary.get(gram)
+            if column is not None:
+                vector[column] = count * self.idf[column]
+        norm = float(np.linalg.norm(vector))
+        best = np.zeros(len(self.keys))
+        if norm:
+            np.maximum.at(best, self.owners, self.matrix @ (vector / norm))
+        return dict(zip(self.keys, best.tolist(), strict=True))
 
 
 @dataclass(frozen=True)
@@ -124,10 +131,6 @@ class ReplySuggester:
     @cached_property
     def _index(self) -> _ExampleIndex:
         return _ExampleIndex(self.bank.templates)
-
-    @cached_property
-    def _positions(self) -> dict[str, int]:
-        return {t.id: i for i, t in enumerate(self.bank.templates)}
 
     def _tone_fit(self, template: ReplyTemplate, result: TriageResult) -> tuple[float, str]:
         upset = result.urgency in ("P1", "P2") or result.sentiment_score <= -0.6
@@ -163,10 +166,11 @@ class ReplySuggester:
             for template in self.bank.by_topic(topic):
                 if result.channel and result.channel not in template.channels:
                     continue
-                similarity = float(similarities[self._positions[template.id]])
+                similarity = similarities[(template.topic, template.situation)]
                 fit, tone_reason = self._tone_fit(template, result)
                 missing = [s for s in template.slots.required if s not in slots]
-                score = similarity + fit - 0.3 * rank - 0.5 * len(missing)
+                # The situation decides; tone only orders the templates of one situation.
+                score = similarity + 0.1 * fit - 0.3 * rank - 0.5 * len(missing)
                 reason = "; ".join(
                     part
                     for part in (

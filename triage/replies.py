@@ -234,12 +234,15 @@ def load_template_bank(taxonomy: Taxonomy, directory: Path | None = None) -> Tem
     return TemplateBank(tuple(templates))
 
 
+def check_flags(template: ReplyTemplate, rules: ToneRules) -> dict[str, bool]:
+    """What the tone check expects of a template's drafts, from its topic and tone."""
+    return {
+        "complaint": template.topic in rules.apology_topics or template.tone == "apologetic",
+        "collections": template.topic == "collections",
+        "chat": template.tone == "chat",
+    }
+
+
 def bank_check(template: ReplyTemplate, rules: ToneRules, values: Mapping[str, str]) -> ToneReport:
-    """The tone check a bank template must pass, with the flags its topic and tone imply."""
-    return check_reply(
-        template.render(values),
-        rules,
-        complaint=template.topic in rules.apology_topics or template.tone == "apologetic",
-        collections=template.topic == "collections",
-        chat=template.tone == "chat",
-    )
+    """The tone check a bank template's draft must pass."""
+    return check_reply(template.render(values), rules, **check_flags(template, rules))

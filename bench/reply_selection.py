@@ -1,0 +1,84 @@
+"""Reply selection on the seed dev complaints, judged against the labeled situations.
+
+``triage/data/replies/dev_situations.jsonl`` gives, for each dev complaint, the template
+situation of its topic that a person judged best (and others that are acceptable, or "none"
+when the bank has no fitting situation). The default pipeline (model and cues) triages each
+message with drafts; the top-ranked draft fits when its topic is the labeled topic and its
+situation is the labeled one or an acceptable one. Also checks that every draft produced
+passes the tone check. Target: the top draft fits for at least 90 % of complaints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from common import markdown_table, trained_default_model, write_result
+
+from triage.config import Settings
+from triage.replies import check_flags, check_reply, load_tone_rules
+from triage.schemas import Message
+from triage.service import load_pipeline
+from triage.taxonomy import load_taxonomy
+from triage.training.corpus import load_corpus, seed_corpus_path
+
+LABELS = Path(__file__).resolve().parent.parent / "triage/data/replies/dev_situations.jsonl"
+
+
+def measure(model_dir: Path) -> dict[str, Any]:
+    pipeline = load_pipeline(Settings(model_dir=model_dir, train_if_missing=False))
+    assert pipeline.suggester is not None
+    rules, templates = load_tone_rules(), {t.id: t for t in pipeline.suggester.bank.templates}
+    dev = {r.id: r for r in load_corpus(seed_corpus_path("dev"), load_taxonomy())}
+    labels = [json.loads(line) for line in LABELS.read_text(encoding="utf-8").splitlines()]
+    results = pipeline(
+        [Message(id=x["id"], text=dev[x["id"]].text, channel=dev[x["id"]].channel) for x in labels],
+        replies=True,
+    )
+    fits, drafts, failing = Counter[str](), 0, []
+    for label, result in zip(labels, results, strict=True):
+        has_situation = label["situation"] != "none"
+        top = templates[result.replies[0].template_id] if result.replies else None
+        good = {label["situation"], *label.get("acceptable", [])}
+        fit = top is not None and top.topic == label["topic"] and top.situation in good
+        fits["all"] += fit
+        fits["with_situation"] += fit and has_situation
+        fits["topic"] += top is not None and top.topic == label["topic"]
+        for reply in result.replies:
+            drafts += 1
+            template = templates[reply.template_id]
+            if not check_reply(reply.text, rules, **check_flags(template, rules)).passed:
+                failing.append(reply.template_id)
+    n, n_situation = len(labels), sum(x["situation"] != "none" for x in labels)
+    return {
+        "complaints": n,
+        "with_a_labeled_situation": n_situation,
+        "top_fits_all": round(fits["all"] / n, 4),
+        "top_fits_where_a_situation_exists": round(fits["with_situation"] / n_situation, 4),
+        "top_topic_matches_label": round(fits["topic"] / n, 4),
+        "drafts": drafts,
+        "drafts_failing_tone_check": len(failing),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, help="model to use (trained when omitted)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
+        model_dir = args.model_dir
+        if model_dir is None:
+            model_dir = Path(tmp) / "default"
+            print("training the default model ...", flush=True)
+            trained_default_model(model_dir)
+        measured = measure(model_dir)
+    print(markdown_table(["measure", "value"], list(measured.items())))
+    print(f"\nwrote {write_result('reply_selection', measured)}")
+
+
+if __name__ == "__main__":
+    main()
