@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from triage.drafts import DraftContext, ReplySuggester, extract_slots
 from triage.errors import ConfigError, InputError
 from triage.replies import (
     ReplyTemplate,
     bank_check,
     check_reply,
+    load_situation_keywords,
     load_template_bank,
     load_tone_rules,
 )
@@ -188,3 +190,37 @@ def test_long_chat_replies_are_flagged():
     draft = GOOD_DRAFTS[0] * 3
     assert "too_long" in {f.kind for f in check_reply(draft, RULES, chat=True).findings}
     assert "too_long" not in {f.kind for f in check_reply(draft, RULES).findings}
+
+
+def test_situation_keywords_must_name_situations_of_the_bank(tmp_path):
+    path = tmp_path / "keywords.yaml"
+    path.write_text(
+        yaml.safe_dump({"situations": {"logistics": {"teleported": ["传送"]}}}, allow_unicode=True)
+    )
+    with pytest.raises(ConfigError, match=r"situations\.logistics\.teleported"):
+        load_situation_keywords(BANK, path)
+
+
+def test_keywords_steer_the_situation(small_pipeline):
+    suggester = ReplySuggester(
+        BANK,
+        RULES,
+        DraftContext(company="安心家电", hotline="400-800-1234"),
+        load_situation_keywords(BANK),
+    )
+    result = small_pipeline.triage_one("包裹丢了，物流显示签收但我根本没收到")
+    result = result.model_copy(update={"topic": "logistics", "secondary_topics": []})
+    top = suggester.suggest(result)[0]
+    assert top.template_id.startswith("logistics.lost_parcel."), top
+    assert "words" in top.reason
+
+
+def test_extract_slots_reads_ids_amounts_dates_and_the_customer_name():
+    slots = extract_slots("我是李女士,订单号:DD20241101,11月3日付了1,280元,合同编号HT-2024-018")
+    assert slots == {
+        "order_id": "DD20241101",
+        "contract_id": "HT-2024-018",
+        "amount": "1,280元",
+        "date": "11月3日",
+        "salutation": "李女士",
+    }

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
         default=None, description="folder of reply template YAML files (default: packaged bank)"
     )
     tone_rules_path: Path | None = None
+    situation_keywords_path: Path | None = None
     company_name: str = Field(default="本公司", description="fills {company} in reply drafts")
     hotline: str = Field(default="客服热线", description="fills {hotline} in reply drafts")
     host: str = "127.0.0.1"

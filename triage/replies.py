@@ -234,6 +234,39 @@ def load_template_bank(taxonomy: Taxonomy, directory: Path | None = None) -> Tem
     return TemplateBank(tuple(templates))
 
 
+class SituationKeywords(_Strict):
+    """Words customers use for each (topic, situation) of the bank; a ranking signal."""
+
+    situations: dict[str, dict[str, list[str]]]
+
+    def check_against(self, bank: TemplateBank, source: str) -> None:
+        """Every keyword entry must name a situation that the bank has."""
+        known = {(t.topic, t.situation) for t in bank.templates}
+        for topic, situations in self.situations.items():
+            for situation in situations:
+                if (topic, situation) not in known:
+                    raise ConfigError(
+                        f"{source}: situations.{topic}.{situation}: expected a (topic, situation)"
+                        " of the template bank"
+                    )
+
+    def hits(self, text: str) -> dict[tuple[str, str], list[str]]:
+        """The keywords of each situation that occur in ``text`` (lower-cased)."""
+        lowered = text.lower()
+        return {
+            (topic, situation): [k for k in words if k.lower() in lowered]
+            for topic, situations in self.situations.items()
+            for situation, words in situations.items()
+        }
+
+
+def load_situation_keywords(bank: TemplateBank, path: Path | None = None) -> SituationKeywords:
+    path = path or packaged_data_path("situation_keywords.yaml")
+    keywords = load_data_file(path, SituationKeywords)
+    keywords.check_against(bank, str(path))
+    return keywords
+
+
 def check_flags(template: ReplyTemplate, rules: ToneRules) -> dict[str, bool]:
     """What the tone check expects of a template's drafts, from its topic and tone."""
     return {

@@ -13,7 +13,7 @@ from triage.drafts import DraftContext, ReplySuggester
 from triage.errors import ModelError
 from triage.models.linear import CONFIG_FILE
 from triage.pipeline import TriagePipeline
-from triage.replies import load_template_bank, load_tone_rules
+from triage.replies import load_situation_keywords, load_template_bank, load_tone_rules
 from triage.taxonomy import load_taxonomy
 
 logger = logging.getLogger("triage")
@@ -54,10 +54,12 @@ def load_pipeline(settings: Settings) -> TriagePipeline:
             )
         ensure_default_model(settings.model_dir)
     taxonomy = load_taxonomy(settings.taxonomy_path)
+    bank = load_template_bank(taxonomy, settings.replies_dir)
     suggester = ReplySuggester(
-        load_template_bank(taxonomy, settings.replies_dir),
+        bank,
         load_tone_rules(settings.tone_rules_path),
         DraftContext(company=settings.company_name, hotline=settings.hotline),
+        load_situation_keywords(bank, settings.situation_keywords_path),
     )
     return TriagePipeline.from_directory(
         settings.model_dir,
