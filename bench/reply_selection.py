@@ -48,6 +48,9 @@ def measure(model_dir: Path) -> dict[str, Any]:
         fits["all"] += fit
         fits["with_situation"] += fit and has_situation
         fits["topic"] += top is not None and top.topic == label["topic"]
+        fits["topic_with_situation"] += (
+            top is not None and top.topic == label["topic"] and has_situation
+        )
         for reply in result.replies:
             drafts += 1
             template = templates[reply.template_id]
@@ -60,6 +63,9 @@ def measure(model_dir: Path) -> dict[str, Any]:
         "top_fits_all": round(fits["all"] / n, 4),
         "top_fits_where_a_situation_exists": round(fits["with_situation"] / n_situation, 4),
         "top_topic_matches_label": round(fits["topic"] / n, 4),
+        "situation_fits_when_topic_matches": round(
+            fits["with_situation"] / max(1, fits["topic_with_situation"]), 4
+        ),
         "drafts": drafts,
         "drafts_failing_tone_check": len(failing),
     }

@@ -28,7 +28,8 @@ from triage.replies import (
     SituationKeywords,
     TemplateBank,
     ToneRules,
-    bank_check,
+    check_flags,
+    check_reply,
 )
 from triage.schemas import ReplyDraft, TriageResult
 
@@ -139,10 +140,21 @@ class ReplySuggester:
         self.rules = rules
         self.context = context
         self.keywords = keywords
+        self._verdicts: dict[tuple[str, str], bool] = {}
 
     @cached_property
     def _index(self) -> _ExampleIndex:
         return _ExampleIndex(self.bank.templates)
+
+    def _passes(self, template: ReplyTemplate, text: str) -> bool:
+        """The tone check of a draft, remembered per text: most drafts repeat exactly."""
+        key = (template.id, text)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = check_reply(text, self.rules, **check_flags(template, self.rules)).passed
+            if len(self._verdicts) < 20_000:
+                self._verdicts[key] = verdict
+        return verdict
 
     def _tone_fit(self, template: ReplyTemplate, result: TriageResult) -> tuple[float, str]:
         upset = result.urgency in ("P1", "P2") or result.sentiment_score <= -0.6
@@ -164,7 +176,6 @@ class ReplySuggester:
     ) -> list[ReplyDraft]:
         """Up to ``top`` drafts, best first; every draft passes the tone check."""
         similarities = self._index.similarities(result.masked_text)
-        keyword_hits = self.keywords.hits(result.masked_text) if self.keywords else {}
         slots = {
             "salutation": self.context.default_salutation,
             "company": self.context.company,
@@ -174,6 +185,7 @@ class ReplySuggester:
             **{k: v for k, v in (values or {}).items() if v},
         }
         topics = [result.topic, *result.secondary_topics]
+        keyword_hits = self.keywords.hits(result.masked_text, topics) if self.keywords else {}
         ranked: list[tuple[float, ReplyTemplate, str]] = []
         for rank, topic in enumerate(topics):
             for template in self.bank.by_topic(topic):
@@ -209,18 +221,13 @@ class ReplySuggester:
         drafts = []
         for score, template, reason in ranked:
             try:
-                report = bank_check(template, self.rules, slots)
+                text = template.render(slots)
             except InputError:
                 continue  # a required slot is missing: never show a placeholder
-            if not report.passed:
+            if not self._passes(template, text):
                 continue
             drafts.append(
-                ReplyDraft(
-                    template_id=template.id,
-                    text=template.render(slots),
-                    score=round(score, 3),
-                    reason=reason,
-                )
+                ReplyDraft(template_id=template.id, text=text, score=round(score, 3), reason=reason)
             )
             if len(drafts) == top:
                 break

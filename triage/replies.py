@@ -8,7 +8,7 @@ say; the same check runs over every template of the bank and over agents' own dr
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -237,6 +237,8 @@ def load_template_bank(taxonomy: Taxonomy, directory: Path | None = None) -> Tem
 class SituationKeywords(_Strict):
     """Words customers use for each (topic, situation) of the bank; a ranking signal."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, ignored_types=(cached_property,))
+
     situations: dict[str, dict[str, list[str]]]
 
     def check_against(self, bank: TemplateBank, source: str) -> None:
@@ -250,13 +252,20 @@ class SituationKeywords(_Strict):
                         " of the template bank"
                     )
 
-    def hits(self, text: str) -> dict[tuple[str, str], list[str]]:
-        """The keywords of each situation that occur in ``text`` (lower-cased)."""
+    @cached_property
+    def _lowered(self) -> dict[str, dict[str, list[str]]]:
+        return {
+            topic: {situation: [w.lower() for w in words] for situation, words in items.items()}
+            for topic, items in self.situations.items()
+        }
+
+    def hits(self, text: str, topics: Iterable[str]) -> dict[tuple[str, str], list[str]]:
+        """The keywords of each situation of ``topics`` that occur in ``text``."""
         lowered = text.lower()
         return {
-            (topic, situation): [k for k in words if k.lower() in lowered]
-            for topic, situations in self.situations.items()
-            for situation, words in situations.items()
+            (topic, situation): [w for w in words if w in lowered]
+            for topic in topics
+            for situation, words in self._lowered.get(topic, {}).items()
         }
 
 
