@@ -230,6 +230,7 @@ class TriagePipeline:
             masked_text=prepared.masked_text,
             channel=prepared.channel,
             model=self.model_info,
+            replies=[],  # explicit: model_construct would inspect the default factory each time
         )
 
     def _sentiment_probabilities(self, probs: dict[str, FloatArray]) -> FloatArray:
