@@ -28,7 +28,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from common import markdown_table, trained_default_model, verdict, write_result
+from common import (
+    markdown_table,
+    model_dir_or_default,
+    verdict,
+    write_result,
+)
 
 from triage.pipeline import TriagePipeline
 from triage.schemas import Message
@@ -274,12 +279,7 @@ def main() -> None:
     messages = [
         Message(id=f"bench-{i:07d}", text=texts[i % len(texts)]) for i in range(args.messages)
     ]
-    with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
-        model_dir = args.model_dir
-        if model_dir is None:
-            model_dir = Path(tmp) / "default"
-            print("training the default model ...", flush=True)
-            trained_default_model(model_dir)
+    with model_dir_or_default(args.model_dir) as model_dir:
         started = time.perf_counter()
         pipeline = TriagePipeline.from_directory(model_dir)
         pipeline.triage_one("预热")  # loads the segmenter's dictionary and OpenCC

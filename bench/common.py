@@ -6,7 +6,9 @@ import hashlib
 import json
 import os
 import platform
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -113,3 +115,16 @@ def trained_default_model(out_dir: Path, linear: dict[str, Any] | None = None) -
 
     config = LinearConfig(**(linear or {}))
     return train_linear(TrainArguments(out_dir=out_dir, linear=config)).seconds
+
+
+@contextmanager
+def model_dir_or_default(model_dir: Path | None) -> Iterator[Path]:
+    """The given model directory, or the default model trained into a temporary one."""
+    if model_dir is not None:
+        yield model_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
+        trained = Path(tmp) / "default"
+        print("training the default model ...", flush=True)
+        trained_default_model(trained)
+        yield trained

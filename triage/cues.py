@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from triage.resources import load_data_file, packaged_data_path
+from triage.resources import compilable_patterns, load_data_file, packaged_data_path
 from triage.taxonomy import Taxonomy
 
 # A clause ends at these characters; negation never reaches across them.
@@ -84,15 +84,7 @@ class CueKindSpec(_Strict):
     terms: list[str] = Field(default_factory=list)
     patterns: list[str] = Field(default_factory=list)
 
-    @field_validator("patterns")
-    @classmethod
-    def _compilable(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {pattern!r} ({exc})") from exc
-        return patterns
+    _compilable = field_validator("patterns")(compilable_patterns)
 
 
 class CueLexicon(_Strict):

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from triage.errors import ConfigError, InputError
-from triage.resources import load_data_file, packaged_data_path
+from triage.resources import compilable_patterns, load_data_file, packaged_data_path
 from triage.taxonomy import Taxonomy
 from triage.text import normalize
 
@@ -39,15 +39,7 @@ class PatternRule(_Strict):
     suggestion: str
     only_for: Literal["complaint"] | None = None
 
-    @field_validator("patterns")
-    @classmethod
-    def _compilable(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {pattern!r} ({exc})") from exc
-        return patterns
+    _compilable = field_validator("patterns")(compilable_patterns)
 
     @cached_property
     def regex(self) -> re.Pattern[str]:

@@ -7,6 +7,7 @@ deployment's configuration can fix it without reading the code.
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +18,16 @@ from pydantic import BaseModel, ValidationError
 from triage.errors import ConfigError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def compilable_patterns(patterns: list[str]) -> list[str]:
+    """Validator for lists of regular expressions in data files: each must compile."""
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {pattern!r} ({exc})") from exc
+    return patterns
 
 
 def packaged_data_path(name: str) -> Path:
