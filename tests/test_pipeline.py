@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from triage.engines import Engine
 from triage.errors import InputError, ModelError
 from triage.models.linear import FloatArray, HeadData, LinearConfig, LinearEngine
 from triage.pipeline import TriagePipeline
@@ -15,17 +16,18 @@ from triage.schemas import Customer, Message, TriageResult
 from triage.taxonomy import Taxonomy, load_taxonomy
 
 
-class _FixedUrgency(LinearEngine):
-    """The small model, except that its urgency head always says ``urgency`` with certainty."""
+class _FixedUrgency:
+    """Wraps an engine, except that its urgency head always says ``urgency`` with certainty."""
 
-    def __init__(self, base: LinearEngine, urgency: str) -> None:
-        super().__init__(
-            base.config, base.featurizer, base.heads, base.weights, base.biases, base.meta
-        )
-        self.fixed_urgency = urgency
+    engine = "fixed-urgency"
+
+    def __init__(self, base: Engine, urgency: str) -> None:
+        self.base, self.fixed_urgency = base, urgency
+        self.heads, self.meta = base.heads, base.meta
+        self.name, self.version = base.name, base.version
 
     def predict_proba(self, texts: Sequence[str]) -> dict[str, FloatArray]:
-        probs = super().predict_proba(texts)
+        probs = self.base.predict_proba(texts)
         labels = self.heads["urgency"].labels
         row = np.zeros(len(labels), np.float32)
         row[labels.index(self.fixed_urgency)] = 1.0

@@ -12,8 +12,9 @@ import numpy as np
 
 from triage.cues import Cue, CueLexicon, load_cue_lexicon
 from triage.drafts import ReplySuggester
+from triage.engines import Engine, load_engine
 from triage.errors import EmptyTextError, ModelError, TextTooLongError
-from triage.models.linear import FloatArray, LinearEngine
+from triage.models.linear import FloatArray
 from triage.pii import mask_pii
 from triage.schemas import CueHit, Message, ModelInfo, TriageResult
 from triage.taxonomy import Taxonomy, load_taxonomy
@@ -70,7 +71,7 @@ class TriagePipeline:
 
     def __init__(
         self,
-        engine: LinearEngine,
+        engine: Engine,
         taxonomy: Taxonomy | None = None,
         lexicon: CueLexicon | None = None,
         max_text_length: int = 5000,
@@ -86,7 +87,7 @@ class TriagePipeline:
 
     @classmethod
     def from_directory(cls, directory: Path, **kwargs: Any) -> TriagePipeline:
-        return cls(LinearEngine.load(directory), **kwargs)
+        return cls(load_engine(directory), **kwargs)
 
     def _check_labels(self) -> None:
         expected = {
