@@ -4,6 +4,7 @@ state; which model the service, classify and batch load; GET /v1/models."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -243,6 +244,7 @@ def test_fresh_machine_trains_the_default_into_the_registry_and_promotes_it(
     (promoted,) = registry.versions()
     assert promoted.promoted and promoted.id == version_id(small_model_dir)
     assert registry.state().promoted.reason == FIRST_START_REASON
+    assert promoted.record.source == "trained into the registry"
     assert pipeline.model_info.version == promoted.record.version
     load_pipeline(settings_for(registry))  # the second start loads it
     assert len(trained) == 1
@@ -299,6 +301,18 @@ def test_batch_workers_load_the_model_chosen_at_the_start(
     (settings,) = pinned
     assert settings.model_dir == registry.root / version_id(small_model_dir)
     assert settings.train_if_missing is False
+
+
+def test_serve_workers_all_get_the_promoted_model(runner, registry, small_model_dir, monkeypatch):
+    registry.register(small_model_dir, promote_reason="test")
+    served: dict[str, object] = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: served.update(app=app, **kwargs))
+    for name in ("TRIAGE_HOST", "TRIAGE_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    result = runner.invoke(main, ["serve", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert served["workers"] == 2
+    assert os.environ["TRIAGE_MODEL_DIR"] == str(registry.root / version_id(small_model_dir))
 
 
 def test_train_registers_and_promotes(runner, registry, small_train_file, tmp_path):

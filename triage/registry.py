@@ -68,7 +68,9 @@ class VersionRecord(BaseModel):
     created: str = Field(description="when the model was trained (else registered), ISO 8601")
     registered_at: str
     registered_by: str
-    source: str = Field(description="the directory it was registered from")
+    source: str = Field(
+        description="the directory it was copied from, or 'trained into the registry'"
+    )
 
 
 class Promotion(BaseModel):
@@ -231,6 +233,7 @@ class ModelRegistry:
     def _save(self, state: RegistryState) -> None:
         handle, temporary = tempfile.mkstemp(prefix=".registry-", suffix=".json", dir=self.root)
         try:
+            os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide it from a service user
             with os.fdopen(handle, "w", encoding="utf-8") as stream:
                 stream.write(json.dumps(state.model_dump(), ensure_ascii=False, indent=2) + "\n")
                 stream.flush()
@@ -259,8 +262,9 @@ class ModelRegistry:
         promote_reason: str | None = None,
         by: str | None = None,
     ) -> Registration:
-        """Add the saved model in ``model_dir`` as version ``<name>-<version>``; with
-        ``promote_reason``, also promote it in the same state change."""
+        """Add the saved model in ``model_dir`` as version ``<name>-<version>``: copied, or
+        moved when it was saved into :meth:`staging`. With ``promote_reason`` it is also
+        promoted, in the same change of the state file."""
         engine = load_engine(model_dir)
         version_id = f"{engine.name}-{engine.version}"
         if not _SAFE_ID.match(version_id):
@@ -290,7 +294,7 @@ class ModelRegistry:
                         created=str(config.get("trained_at") or registered_at),
                         registered_at=registered_at,
                         registered_by=by or current_user(),
-                        source=str(model_dir.resolve()),
+                        source="trained into the registry" if move else str(model_dir.resolve()),
                     )
                 if promote_reason is not None:
                     self._promote(state, version_id, promote_reason, by)
