@@ -234,7 +234,7 @@ def test_evaluate_a_registry_version_by_its_id(labeled, model_a):
     assert json.loads(result.stdout)["model"]["source"] == version_id
 
 
-def test_evaluate_usage_errors(labeled, model_a):
+def test_evaluate_usage_errors(labeled, model_a, tmp_path):
     runner = CliRunner()
     one = runner.invoke(main, ["evaluate", str(labeled)])
     assert one.exit_code == 2 and "expected MODEL DATA (got 1 arguments)" in one.stderr
@@ -243,3 +243,6 @@ def test_evaluate_usage_errors(labeled, model_a):
     unknown = runner.invoke(main, ["evaluate", "no-such-version", str(labeled)])
     assert unknown.exit_code == 2
     assert "unknown model version 'no-such-version'" in unknown.stderr
+    missing = runner.invoke(main, ["evaluate", str(tmp_path / "missing"), str(labeled)])
+    assert missing.exit_code == 2
+    assert f"error: {tmp_path / 'missing'}: no such model directory" in missing.stderr

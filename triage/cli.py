@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from triage.batch import BatchOptions, run_batch
 from triage.config import Settings
-from triage.errors import ConfigError, InputError, TriageError
+from triage.errors import ConfigError, InputError, ModelError, TriageError
 from triage.evaluate import evaluate_pipeline
 from triage.pipeline import HEADS, TriagePipeline
 from triage.registry import ModelRegistry, ModelVersion
@@ -337,6 +337,8 @@ def _model_path(reference: str, settings: Settings) -> Path:
     path = Path(reference)
     if path.is_dir():
         return path
+    if len(path.parts) > 1:
+        raise ModelError(f"{reference}: no such model directory")
     return ModelRegistry(settings.registry_dir).get(reference).path
 
 

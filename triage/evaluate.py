@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from triage.pipeline import HEADS, TriagePipeline
 from triage.schemas import Message, TriageResult
+from triage.taxonomy import Taxonomy
 from triage.training.corpus import CorpusRecord
 
 # Equal-width bins over the top-class probability, as in Guo et al. (2017), "On Calibration of
@@ -114,8 +115,9 @@ def head_metrics(
 
 @dataclass(frozen=True)
 class HeadReading:
-    """How one head reads a gold record and a served result."""
+    """How one head reads its labels, a gold record and a served result."""
 
+    labels: Callable[[Taxonomy], list[str]]
     gold: Callable[[CorpusRecord], str]
     predicted: Callable[[TriageResult], str]
     probabilities: Callable[[TriageResult], Mapping[str, float]]
@@ -128,12 +130,23 @@ def _yes_no(flag: bool) -> str:
 # The probabilities are those in the result: topic and urgency scores before cues and
 # thresholds, sentiment after the polarity blend, P(complaint) as the "yes" class.
 HEAD_READINGS = {
-    "topic": HeadReading(lambda r: r.topic, lambda x: x.topic, lambda x: x.topic_scores),
-    "sentiment": HeadReading(
-        lambda r: r.sentiment, lambda x: x.sentiment, lambda x: x.sentiment_scores
+    "topic": HeadReading(
+        lambda t: t.topic_ids, lambda r: r.topic, lambda x: x.topic, lambda x: x.topic_scores
     ),
-    "urgency": HeadReading(lambda r: r.urgency, lambda x: x.urgency, lambda x: x.urgency_scores),
+    "sentiment": HeadReading(
+        lambda t: t.sentiments,
+        lambda r: r.sentiment,
+        lambda x: x.sentiment,
+        lambda x: x.sentiment_scores,
+    ),
+    "urgency": HeadReading(
+        lambda t: t.urgency_ids,
+        lambda r: r.urgency,
+        lambda x: x.urgency,
+        lambda x: x.urgency_scores,
+    ),
     "complaint": HeadReading(
+        lambda t: ["no", "yes"],
         lambda r: _yes_no(r.is_complaint),
         lambda x: _yes_no(x.is_complaint),
         lambda x: {"no": 1.0 - x.complaint_score, "yes": x.complaint_score},
@@ -155,17 +168,11 @@ def evaluate_pipeline(
             chunk = records[start : start + batch_size]
             results += pipeline([Message(id=r.id, text=r.text, channel=r.channel) for r in chunk])
             bar.update(len(chunk))
-    labels = {
-        "topic": pipeline.taxonomy.topic_ids,
-        "sentiment": pipeline.taxonomy.sentiments,
-        "urgency": pipeline.taxonomy.urgency_ids,
-        "complaint": ["no", "yes"],
-    }
     metrics: dict[str, Any] = {
         head: head_metrics(
             [reading.gold(r) for r in records],
             [reading.predicted(x) for x in results],
-            labels[head],
+            reading.labels(pipeline.taxonomy),
             [reading.probabilities(x) for x in results],
         )
         for head, reading in HEAD_READINGS.items()

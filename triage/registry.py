@@ -104,20 +104,22 @@ class RegistryState(BaseModel):
 
 def dev_metrics_summary(config: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Accuracy, macro-F1 (and ECE when measured) per head from a saved model's dev metrics;
-    empty when the model was saved without them."""
+    heads without accuracy and macro-F1 are left out, and a model saved without dev metrics
+    gives an empty summary."""
     metrics = config.get("metrics")
     dev = metrics.get("dev") if isinstance(metrics, dict) else None
-    if not isinstance(dev, dict):
-        return {}
-    return {
-        head: {
-            key: value[key]
+    summary: dict[str, dict[str, float]] = {}
+    for head, value in dev.items() if isinstance(dev, dict) else ():
+        if not isinstance(value, dict):
+            continue
+        numbers = {
+            key: float(value[key])
             for key in ("accuracy", "macro_f1", "ece")
             if isinstance(value.get(key), int | float)
         }
-        for head, value in dev.items()
-        if isinstance(value, dict) and "accuracy" in value
-    }
+        if {"accuracy", "macro_f1"} <= numbers.keys():
+            summary[head] = numbers
+    return summary
 
 
 @dataclass(frozen=True)

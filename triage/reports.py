@@ -133,13 +133,13 @@ class Report:
         }
         return {**common, **sides, "deltas": metric_deltas(a.metrics, b.metrics)}
 
-    def _intro(self) -> list[str]:
-        return [
+    def _intro(self) -> str:
+        return (
             f"Data: `{self.data}`, {self.messages} labeled messages. Decisions are scored as "
             "the service makes them (model, thresholds and urgency cues). ECE is the expected "
             "calibration error of the top-class probability over "
             f"{CALIBRATION_BINS} equal-width bins (lower is better; see docs/models.md)."
-        ]
+        )
 
     def _single_markdown(self, images: bool) -> list[str]:
         (e,) = self.evaluations
@@ -148,7 +148,7 @@ class Report:
         out = [
             f"# Evaluation of {e.title()}",
             f"Model: `{e.source}`.",
-            *self._intro(),
+            self._intro(),
             _table(["head", *(METRIC_TITLES[x] for x in SUMMARY_METRICS)], rows),
             f"Needs review: {m['needs_review_rate']:.1%} of messages.",
         ]
@@ -197,7 +197,7 @@ class Report:
         out = [
             f"# Comparison: A = {a.title()}, B = {b.title()}",
             f"A: `{a.source}`. B: `{b.source}`. Deltas are B − A.",
-            *self._intro(),
+            self._intro(),
             _table(["head", "metric", "A", "B", "Δ (B − A)"], summary, numeric_from=2),
         ]
         for head in HEADS:
