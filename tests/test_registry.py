@@ -27,6 +27,7 @@ from triage.models.linear import CONFIG_FILE
 from triage.pipeline import TriagePipeline
 from triage.registry import STATE_FILE, ModelRegistry
 from triage.service import FIRST_START_REASON, load_pipeline, resolve_model_dir
+from triage.training.corpus import seed_corpus_path
 
 TEXT = "快递到哪里了"
 DEV_METRICS = {
@@ -315,23 +316,23 @@ def test_serve_workers_all_get_the_promoted_model(runner, registry, small_model_
     assert os.environ["TRIAGE_MODEL_DIR"] == str(registry.root / version_id(small_model_dir))
 
 
-def test_train_registers_and_promotes(runner, registry, small_train_file, tmp_path):
-    args = ["train", "--data", str(small_train_file), "--no-review-corpus"]
-    into_registry = runner.invoke(main, args)
-    assert into_registry.exit_code == 0, into_registry.output
+def test_train_without_out_adds_a_version_and_promotes_it(
+    runner, registry, small_train_file, tmp_path
+):
+    dev = tmp_path / "dev.jsonl"
+    dev_lines = seed_corpus_path("dev").read_text(encoding="utf-8").splitlines(keepends=True)
+    dev.write_text("".join(dev_lines[:60]), encoding="utf-8")
+    args = ["train", "--data", str(small_train_file), "--dev", str(dev), "--no-review-corpus"]
+    result = runner.invoke(main, [*args, "--promote"])
+    assert result.exit_code == 0, result.output
     (version,) = registry.versions()
-    assert f"model         {version.path}" in into_registry.stdout
-    assert f"promote with  triage models promote {version.id}" in into_registry.stdout
-    assert not version.promoted
-
-    out = tmp_path / "kept"
-    promoted = runner.invoke(main, [*args, "--out", str(out), "--promote"])
-    assert promoted.exit_code == 0, promoted.output
-    assert (out / CONFIG_FILE).is_file()  # --out keeps its copy
-    assert "promoted      yes" in promoted.stdout
-    current = registry.promoted()
-    assert current is not None and current.id == version_id(out)
+    assert f"model         {version.path}" in result.stdout
+    assert f"registered    {version.id}\npromoted      yes" in result.stdout
+    assert version.promoted and version.record.source == "trained into the registry"
     assert registry.state().promoted.reason == "triage train --promote"
+    topic = version.describe()["metrics"]["topic"]  # dev metrics saved by training, with ECE
+    assert set(topic) == {"accuracy", "macro_f1", "ece"} and 0.0 <= topic["ece"] <= 1.0
+    assert [p.name for p in registry.root.iterdir() if p.name.startswith(".staging")] == []
 
 
 @pytest.fixture
