@@ -160,6 +160,14 @@ def test_a_version_shared_by_two_names_must_be_named_in_full(registry, small_mod
     assert registry.get(f"other-name-{version}").record.name == "other-name"
 
 
+def test_an_unwritable_registry_is_an_error_not_a_traceback(runner, registry, small_model_dir):
+    registry.root.rmdir()
+    registry.root.write_text("a file where the registry should be", encoding="utf-8")
+    result = runner.invoke(main, ["models", "register", str(small_model_dir)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {registry.root}: cannot register {small_model_dir}")
+
+
 def test_a_broken_model_is_not_registered(runner, registry, tmp_path):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / CONFIG_FILE).write_text('{"engine": "linear"}', encoding="utf-8")

@@ -218,6 +218,14 @@ class ModelRegistry:
         return self._version(state, self._find(state, reference))
 
     @contextmanager
+    def _writing(self, action: str) -> Iterator[None]:
+        """Maps file-system failures (permissions, a full disk) to :class:`ModelError`."""
+        try:
+            yield
+        except OSError as exc:
+            raise ModelError(f"{self.root}: cannot {action} ({exc.strerror or exc})") from exc
+
+    @contextmanager
     def _locked(self) -> Iterator[RegistryState]:
         """The current state under an exclusive lock; a changed state is saved atomically."""
         self.root.mkdir(parents=True, exist_ok=True)
@@ -275,7 +283,7 @@ class ModelRegistry:
                 "version (expected letters, digits, '.', '_' or '-')"
             )
         config = json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-        with self.staging() as scratch:
+        with self._writing(f"register {model_dir}"), self.staging() as scratch:
             copy = scratch / "model"
             if move:
                 model_dir.rename(copy)
@@ -304,7 +312,7 @@ class ModelRegistry:
 
     def promote(self, reference: str, reason: str, by: str | None = None) -> ModelVersion:
         """Make a registered version the one the service, classify and batch load."""
-        with self._locked() as state:
+        with self._writing(f"promote {reference!r}"), self._locked() as state:
             version_id = self._find(state, reference)
             self._promote(state, version_id, reason, by)
             return self._version(state, version_id)
