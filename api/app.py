@@ -55,13 +55,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     else:
         pipeline.engine.predict_proba(["你好"])  # loads the word segmenter before any request
         info = pipeline.model_info
-        logger.info(
-            "model %s %s (%s) loaded from %s",
-            info.name,
-            info.version,
-            info.engine,
-            settings.model_dir,
-        )
+        logger.info("model %s %s (%s) loaded", info.name, info.version, info.engine)
         app.state.pipeline = pipeline
     yield
     app.state.pipeline = None

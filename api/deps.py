@@ -13,6 +13,8 @@ from fastapi import Depends, Request
 from triage.api.errors import ApiError
 from triage.config import Settings
 from triage.pipeline import TriagePipeline
+from triage.registry import ModelRegistry
+from triage.schemas import ModelInfo
 
 
 async def get_settings(request: Request) -> Settings:
@@ -28,5 +30,18 @@ async def get_pipeline(request: Request) -> TriagePipeline:
     return pipeline
 
 
+def get_registry(settings: Annotated[Settings, Depends(get_settings)]) -> ModelRegistry:
+    """The registry of the settings; cheap to create, read on each request."""
+    return ModelRegistry(settings.registry_dir)
+
+
+def get_served_model(request: Request) -> ModelInfo | None:
+    """The model this process serves, or None while none is loaded."""
+    pipeline: TriagePipeline | None = request.app.state.pipeline
+    return None if pipeline is None else pipeline.model_info
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PipelineDep = Annotated[TriagePipeline, Depends(get_pipeline)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+ServedModelDep = Annotated[ModelInfo | None, Depends(get_served_model)]

@@ -6,13 +6,15 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from triage.api.deps import PipelineDep, SettingsDep
+from triage.api.deps import PipelineDep, RegistryDep, ServedModelDep, SettingsDep
 from triage.api.schemas import (
     BatchRequest,
     BatchResponse,
     ErrorResponse,
     HealthResponse,
+    ModelListResponse,
     ReadyResponse,
+    RegistryVersion,
     ReplyCheckRequest,
     ReplyCheckResponse,
     ReplySuggestResponse,
@@ -93,6 +95,21 @@ def check_draft(
         score=report.score,
         passed=report.passed,
         findings=[ToneFinding(**vars(finding)) for finding in report.findings],
+    )
+
+
+@router.get("/v1/models", tags=["models"], responses={500: {"model": ErrorResponse}})
+def list_models(registry: RegistryDep, serving: ServedModelDep) -> ModelListResponse:
+    """The versions in the model registry with their dev metrics, the promoted one, and the one
+    this process serves (a process started with TRIAGE_MODEL_DIR may serve an unregistered
+    model: then no version is marked as serving)."""
+    served = (serving.name, serving.version) if serving else None
+    return ModelListResponse(
+        serving=serving,
+        models=[
+            RegistryVersion(**v.describe(), serving=(v.record.name, v.record.version) == served)
+            for v in registry.versions()
+        ],
     )
 
 

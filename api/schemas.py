@@ -85,3 +85,29 @@ class ReplyCheckResponse(BaseModel):
     score: float = Field(ge=0.0, le=1.0)
     passed: bool
     findings: list[ToneFinding]
+
+
+class HeadMetrics(BaseModel):
+    accuracy: float
+    macro_f1: float
+    ece: float | None = Field(default=None, description="expected calibration error")
+
+
+class RegistryVersion(BaseModel):
+    """One version in the model registry."""
+
+    id: str = Field(description="<name>-<version>: what `triage models promote` takes")
+    name: str
+    version: str
+    engine: str
+    created: str = Field(description="when it was trained (else registered), ISO 8601")
+    promoted: bool = Field(description="the version the service loads on its next start")
+    serving: bool = Field(description="the model this process serves now")
+    metrics: dict[str, HeadMetrics] = Field(
+        description="dev-set metrics per head saved with the model; empty when none were"
+    )
+
+
+class ModelListResponse(BaseModel):
+    serving: ModelInfo | None = Field(description="the model this process serves; null if none")
+    models: list[RegistryVersion] = Field(description="registered versions, oldest first")

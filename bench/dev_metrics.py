@@ -29,7 +29,7 @@ def measure(model_dir: Path, dev_path: Path) -> dict[str, Any]:
     metrics = evaluate_pipeline(pipeline, load_corpus(dev_path, taxonomy))
     return {
         "heads": {
-            head: {"accuracy": metrics[head]["accuracy"], "macro_f1": metrics[head]["macro_f1"]}
+            head: {key: metrics[head][key] for key in ("accuracy", "macro_f1", "ece")}
             for head in ("topic", "sentiment", "urgency", "complaint")
         },
         "key": {
@@ -74,8 +74,8 @@ def main() -> None:
         )
     print(
         markdown_table(
-            ["head", "accuracy", "macro-F1"],
-            [[h, m["accuracy"], m["macro_f1"]] for h, m in result["heads"].items()],
+            ["head", "accuracy", "macro-F1", "ECE"],
+            [[h, m["accuracy"], m["macro_f1"], m["ece"]] for h, m in result["heads"].items()],
         )
     )
     print()

@@ -7,9 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from triage.engines import ENGINE_CLASSES
 from triage.pipeline import TriagePipeline
 from triage.training.corpus import seed_corpus_path
 from triage.training.train import TrainArguments, train_linear
+
+
+@pytest.fixture(autouse=True)
+def isolated_registry(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """No test reads or writes the user's model registry or TRIAGE_MODEL_DIR."""
+    registry = tmp_path_factory.mktemp("registry")
+    monkeypatch.setenv("TRIAGE_REGISTRY_DIR", str(registry))
+    monkeypatch.delenv("TRIAGE_MODEL_DIR", raising=False)
+    return registry
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +50,10 @@ def small_pipeline(small_model_dir: Path) -> TriagePipeline:
 
 def read_jsonl(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+@pytest.fixture
+def fixed_engine_kind(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Makes ``load_engine`` dispatch ``"engine": "fixed"`` to tests/fixed_engine.py."""
+    monkeypatch.setitem(ENGINE_CLASSES, "fixed", "tests.fixed_engine:FixedEngine")
+    return "fixed"

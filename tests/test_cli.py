@@ -279,26 +279,21 @@ def test_evaluate_report_and_json(runner, tmp_path, small_model_dir, labeled_fil
     result = runner.invoke(main, ["evaluate", str(small_model_dir), str(labeled_file)])
     assert result.exit_code == 0, result.output
     for head in ("topic", "sentiment", "urgency", "complaint"):
-        assert f"== {head}: accuracy" in result.stdout
-    assert "macro-F1" in result.stdout
-    assert result.stdout.count("confusion matrix (rows: gold, columns: predicted)") == 4
-    assert "(n=60)" in result.stdout
+        assert f"\n## {head}\n" in result.stdout
+    assert "| head | accuracy | macro-F1 | ECE |" in result.stdout
+    assert result.stdout.count("Confusion matrix (rows: gold, columns: predicted)") == 4
+    assert "`dev60.jsonl`, 60 labeled messages" in result.stdout
 
-    metrics_file = tmp_path / "metrics.json"
-    args = [
-        "evaluate",
-        str(small_model_dir),
-        str(labeled_file),
-        "--json",
-        "--out",
-        str(metrics_file),
-    ]
+    out = tmp_path / "report"
+    args = ["evaluate", str(small_model_dir), str(labeled_file), "--json", "--out", str(out)]
     as_json = runner.invoke(main, args)
     assert as_json.exit_code == 0, as_json.output
-    metrics = json.loads(as_json.stdout)
-    assert metrics == json.loads(metrics_file.read_text(encoding="utf-8"))
+    report = json.loads(as_json.stdout)
+    assert report == json.loads((out / "report.json").read_text(encoding="utf-8"))
+    metrics = report["metrics"]
     assert sum(map(sum, metrics["urgency"]["confusion_matrix"])) == 60
     assert 0.0 <= metrics["topic"]["macro_f1"] <= 1.0
+    assert report["model"]["source"] == str(small_model_dir)
 
 
 def test_evaluate_invalid_data_is_an_error(runner, tmp_path, small_model_dir):

