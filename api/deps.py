@@ -30,12 +30,12 @@ async def get_pipeline(request: Request) -> TriagePipeline:
     return pipeline
 
 
-def get_registry(settings: Annotated[Settings, Depends(get_settings)]) -> ModelRegistry:
+async def get_registry(settings: Annotated[Settings, Depends(get_settings)]) -> ModelRegistry:
     """The registry of the settings; cheap to create, read on each request."""
     return ModelRegistry(settings.registry_dir)
 
 
-def get_served_model(request: Request) -> ModelInfo | None:
+async def get_served_model(request: Request) -> ModelInfo | None:
     """The model this process serves, or None while none is loaded."""
     pipeline: TriagePipeline | None = request.app.state.pipeline
     return None if pipeline is None else pipeline.model_info
