@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from triage.api.errors import ApiError
 from triage.config import Settings
 from triage.pipeline import TriagePipeline
+from triage.store.service import TicketService
 
 
 def get_settings(request: Request) -> Settings:
@@ -24,5 +25,16 @@ def get_pipeline(request: Request) -> TriagePipeline:
     return pipeline
 
 
+def get_tickets(request: Request) -> TicketService:
+    """The ticket store opened at startup; 503 while there is none (see the server log)."""
+    tickets: TicketService | None = request.app.state.tickets
+    if tickets is None:
+        raise ApiError(
+            503, "store_unavailable", "the ticket store is not available; see the server log"
+        )
+    return tickets
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PipelineDep = Annotated[TriagePipeline, Depends(get_pipeline)]
+TicketsDep = Annotated[TicketService, Depends(get_tickets)]

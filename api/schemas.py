@@ -85,3 +85,39 @@ class ReplyCheckResponse(BaseModel):
     score: float = Field(ge=0.0, le=1.0)
     passed: bool
     findings: list[ToneFinding]
+
+
+class FollowupRequest(BaseModel):
+    """A message on an existing ticket: the customer's follow-up or an agent's reply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    author: Literal["customer", "agent"] = "customer"
+    author_id: str | None = Field(default=None, max_length=200, description="agent or customer")
+    id: str | None = Field(
+        default=None, max_length=200, description="client message id; a retry with it is ignored"
+    )
+
+
+class AssignRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    handler_id: str | None = Field(
+        default=None, description="who takes the ticket; left out: routing picks in its team"
+    )
+    actor: str | None = Field(default=None, max_length=200, description="who made the change")
+
+
+class StatusRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    actor: str | None = Field(default=None, max_length=200, description="who made the change")
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class DutyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    on_duty: bool
+    actor: str | None = Field(default=None, max_length=200)

@@ -31,7 +31,7 @@ def feedback_records(
             .join(TicketMessage, Feedback.message_id == TicketMessage.id)
             .join(Ticket, Feedback.ticket_id == Ticket.id)
             .order_by(Feedback.created_at, Feedback.id)
-        ).tuples()
+        )
         for feedback, text, channel in rows:
             latest[feedback.message_id] = CorpusRecord(
                 id=f"feedback-{feedback.message_id}",

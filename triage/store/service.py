@@ -362,7 +362,7 @@ class TicketService:
             .where(Ticket.status == ASSIGNED, Ticket.handler_id.in_(handler_ids))
             .group_by(Ticket.handler_id)
         )
-        return {handler: count for handler, count in rows.tuples() if handler is not None}
+        return {handler: count for handler, count in rows if handler is not None}
 
     def _choose(self, session: Session, ticket: Ticket, preferred: str | None) -> Choice:
         candidates = self._candidates(session, ticket.team_id)
@@ -589,13 +589,12 @@ class TicketService:
     def teams(self) -> list[TeamView]:
         views = self.handlers()
         with self.db.transaction() as session:
-            queued = dict(
-                session.execute(
-                    select(Ticket.team_id, func.count())
-                    .where(Ticket.status == QUEUED)
-                    .group_by(Ticket.team_id)
-                ).tuples()
+            rows = session.execute(
+                select(Ticket.team_id, func.count())
+                .where(Ticket.status == QUEUED)
+                .group_by(Ticket.team_id)
             )
+            queued = {team: count for team, count in rows}
             teams = session.scalars(select(Team).where(Team.active).order_by(Team.id)).all()
             return [
                 TeamView(
