@@ -22,7 +22,8 @@ logger = logging.getLogger("triage.api")
 
 DESCRIPTION = """\
 Triage of Chinese customer messages: topic, sentiment, urgency (with the cues that raised it),
-complaint detection and review flags. Personal data (phone numbers, e-mail addresses, ID and
+complaint detection and review flags; tickets that are stored, routed to a team and a handler
+with SLA deadlines (see docs/tickets.md). Personal data (phone numbers, e-mail addresses, ID and
 bank card numbers) is masked before anything is stored, logged or returned.
 
 **Limits:** `text` is at most {max_text_length} characters; a batch holds 1 to

@@ -459,3 +459,20 @@ def test_choice_explains_loads_and_why_nobody(shipped):
     assert full.reason == "all 1 on-duty handlers with skill refund are at capacity"
     absent = choose_handler([_handler("a", 0, on_duty=False)], "refund")
     assert absent.reason == "no on-duty handler with skill refund"
+
+
+def test_routing_check_command_summarises_or_names_the_problem(tmp_path):
+    from click.testing import CliRunner
+
+    from triage.cli import main
+
+    good = CliRunner().invoke(main, ["routing", "check"])
+    assert good.exit_code == 0, good.output
+    lines = good.output.splitlines()
+    assert lines[0].startswith("teams      7: logistics, orders, billing")
+    assert "sla P1     first response 30m, resolution 4h" in lines
+    assert lines[-1] == "repeat     within 7d, similarity >= 0.4"
+    path = _write(tmp_path, _broken(lambda d: d["handlers"][0].update(team="nowhere")))
+    bad = CliRunner().invoke(main, ["routing", "check", str(path)])
+    assert bad.exit_code == 2
+    assert f"error: {path}: handlers.0.team: expected one of the teams" in bad.output
