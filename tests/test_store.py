@@ -163,10 +163,18 @@ def test_db_upgrade_command_creates_the_database(tmp_path):
     assert path.is_file()
 
 
-def test_unknown_database_scheme_is_a_clear_error():
-    result = CliRunner().invoke(main, ["db", "upgrade", "--database-url", "mysql://x@y/z"])
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://x@y/z", "expected a sqlite or postgresql URL (got 'mysql')"),
+        ("sqlite://", "expected sqlite:///PATH to a file (got 'sqlite://')"),
+        ("not a url", "expected sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB"),
+    ],
+)
+def test_unusable_database_url_is_a_clear_error(url, message):
+    result = CliRunner().invoke(main, ["db", "upgrade", "--database-url", url])
     assert result.exit_code == 2
-    assert "expected a sqlite or postgresql URL (got 'mysql')" in result.output
+    assert message in result.output
 
 
 # --- assignment ----------------------------------------------------------------------------
@@ -580,3 +588,11 @@ def test_train_command_reads_feedback_from_a_database_or_an_exported_file(
     )
     assert from_file.exit_code == 0, from_file.output
     assert f"training      {size + 1} messages from small.jsonl, feedback.jsonl" in from_file.output
+
+
+def test_unreachable_server_is_a_store_error_without_the_password():
+    url = "postgresql://triage:s3cret@127.0.0.1:9/triage"
+    result = CliRunner().invoke(main, ["db", "upgrade", "--database-url", url])
+    assert result.exit_code == 2
+    assert "triage:***@127.0.0.1:9/triage: cannot migrate: " in result.output
+    assert "s3cret" not in result.output

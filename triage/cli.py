@@ -231,7 +231,9 @@ def serve(host: str | None, port: int | None, workers: int, model_dir: Path | No
     if settings.database_migrate_on_start:
         from triage.store.database import Database
 
-        Database(settings.database_url).upgrade()
+        database = Database(settings.database_url)
+        database.upgrade()
+        database.dispose()
     os.environ.update(
         TRIAGE_HOST=settings.host,
         TRIAGE_PORT=str(settings.port),

@@ -38,7 +38,7 @@ def sqlite_url(path: Path) -> str:
 
 def parse_database_url(url: str) -> URL:
     """A URL SQLAlchemy understands; ``~`` in a SQLite path is expanded and its folder created.
-    ``postgresql://`` is taken to mean the psycopg 3 driver."""
+    PostgreSQL URLs always use psycopg 3, the driver installed with triage."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -47,12 +47,16 @@ def parse_database_url(url: str) -> URL:
             f"(got {url!r})"
         ) from exc
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            path = Path(parsed.database).expanduser()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            parsed = parsed.set(database=str(path))
+        if not parsed.database or parsed.database == ":memory:":
+            raise ConfigError(
+                f"database_url: expected sqlite:///PATH to a file (got {url!r}): an in-memory "
+                "database is a new, empty one on every connection"
+            )
+        path = Path(parsed.database).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        parsed = parsed.set(database=str(path))
     elif parsed.get_backend_name() == "postgresql":
-        if parsed.get_driver_name() in ("", "psycopg2"):
+        if parsed.get_driver_name() != "psycopg":
             parsed = parsed.set(drivername="postgresql+psycopg")
     else:
         raise ConfigError(
