@@ -36,7 +36,7 @@ from triage.store.models import Base
 from triage.store.schemas import FeedbackRequest
 from triage.store.service import TicketFilter, TicketService
 from triage.taxonomy import load_taxonomy
-from triage.training.corpus import load_corpus
+from triage.training.corpus import load_corpus, seed_corpus_path
 
 TAXONOMY = load_taxonomy()
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -565,29 +565,42 @@ def test_feedback_round_trip_into_training_data(service, database_url, tmp_path)
 
 # Training reads feedback the same way on both backends (the export above); once is enough.
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_train_command_reads_feedback_from_a_database_or_an_exported_file(
-    service, database_url, tmp_path, small_train_file
-):
+def test_train_command_learns_from_feedback_in_the_store(service, database_url, tmp_path):
     ticket = create(service, COMPLAINTS[0])
     service.add_feedback(ticket.id, FeedbackRequest(agent="a", urgency="P2"))
-    exported = tmp_path / "feedback.jsonl"
-    CliRunner().invoke(main, ["feedback", "export", str(exported), "--database-url", database_url])
-    common = ["train", "--data", str(small_train_file), "--no-review-corpus"]
-    size = len(load_corpus(small_train_file, TAXONOMY))
-
-    from_store = CliRunner().invoke(
-        main, [*common, "--feedback", database_url, "--out", str(tmp_path / "m1")]
-    )
-    assert from_store.exit_code == 0, from_store.output
-    assert "feedback: 1 corrected messages from" in from_store.output
+    # A small corpus keeps this training quick; the point is which rows it reads.
+    train, dev = tmp_path / "small.jsonl", tmp_path / "dev.jsonl"
+    train.write_text("\n".join(seed_corpus_path("train").read_text("utf-8").splitlines()[::20]))
+    dev.write_text("\n".join(seed_corpus_path("dev").read_text("utf-8").splitlines()[:40]))
+    result = CliRunner().invoke(
+        main,
+        [
+            "train", "--data", str(train), "--dev", str(dev), "--no-review-corpus",
+            "--feedback", database_url, "--out", str(tmp_path / "model"),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "feedback: 1 corrected messages from sqlite:///" in result.output
+    size = len(load_corpus(train, TAXONOMY))
     assert f"training      {size + 1} messages from small.jsonl and 1 corrected by agents" in (
-        from_store.output
+        result.output
     )
-    from_file = CliRunner().invoke(
-        main, [*common, "--feedback", str(exported), "--out", str(tmp_path / "m2")]
+    config = json.loads((tmp_path / "model" / "config.json").read_text("utf-8"))
+    assert config["data"]["feedback_messages"] == 1
+
+
+def test_train_command_takes_an_exported_feedback_file_as_training_data(
+    tmp_path, monkeypatch, small_train_file
+):
+    exported = tmp_path / "feedback.jsonl"
+    exported.write_text("{}\n", encoding="utf-8")
+    seen: list[Any] = []
+    monkeypatch.setattr("triage.cli.train_linear", lambda args, log: seen.append(args) or 1 / 0)
+    CliRunner().invoke(
+        main, ["train", "--data", str(small_train_file), "--feedback", str(exported)]
     )
-    assert from_file.exit_code == 0, from_file.output
-    assert f"training      {size + 1} messages from small.jsonl, feedback.jsonl" in from_file.output
+    assert seen[0].extra_train_paths == (exported,)
+    assert seen[0].feedback_database_url is None
 
 
 def test_unreachable_server_is_a_store_error_without_the_password():
