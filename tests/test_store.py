@@ -595,7 +595,12 @@ def test_train_command_takes_an_exported_feedback_file_as_training_data(
     exported = tmp_path / "feedback.jsonl"
     exported.write_text("{}\n", encoding="utf-8")
     seen: list[Any] = []
-    monkeypatch.setattr("triage.cli.train_linear", lambda args, log: seen.append(args) or 1 / 0)
+
+    def record(args: Any, log: Any) -> None:
+        seen.append(args)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("triage.cli.train_linear", record)
     CliRunner().invoke(
         main, ["train", "--data", str(small_train_file), "--feedback", str(exported)]
     )
@@ -609,3 +614,15 @@ def test_unreachable_server_is_a_store_error_without_the_password():
     assert result.exit_code == 2
     assert "triage:***@127.0.0.1:9/triage: cannot migrate: " in result.output
     assert "s3cret" not in result.output
+
+
+def test_database_from_a_newer_version_is_a_store_error(tmp_path):
+    url = f"sqlite:///{tmp_path / 'newer.db'}"
+    database = Database(url)
+    database.upgrade()
+    with database.engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    database.dispose()
+    result = CliRunner().invoke(main, ["db", "upgrade", "--database-url", url])
+    assert result.exit_code == 2
+    assert "cannot migrate: Can't locate revision identified by '9999'" in result.output

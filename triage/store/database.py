@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, select
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage.errors import ConfigError, StoreError
@@ -103,12 +103,11 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """One transaction; committed when the block ends, rolled back on any error. Database
-        failures leave as :class:`StoreError` without the URL's password."""
+        failures leave as :class:`StoreError` without the URL's password (a caller that expects
+        one, such as a duplicate key, catches it inside the block)."""
         try:
             with self._sessions() as session, session.begin():
                 yield session
-        except IntegrityError:
-            raise
         except SQLAlchemyError as exc:
             raise StoreError(
                 f"{self.display_url}: {type(exc).__name__}: {getattr(exc, 'orig', None) or exc}"
@@ -130,6 +129,7 @@ class Database:
         from alembic import command
         from alembic.config import Config
         from alembic.runtime.migration import MigrationContext
+        from alembic.util import CommandError
 
         try:
             with self.engine.begin() as connection:
@@ -139,7 +139,8 @@ class Database:
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
                 revision = MigrationContext.configure(connection).get_current_revision()
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, CommandError) as exc:
+            # CommandError: e.g. the database was migrated by a newer version of triage.
             raise StoreError(f"{self.display_url}: cannot migrate: {exc}") from exc
         logger.info("database %s at revision %s", self.display_url, revision)
         return revision or "base"
