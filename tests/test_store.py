@@ -303,12 +303,10 @@ def test_concurrent_workers_never_exceed_a_handlers_capacity(make_service, monke
     assert sorted(t.status for t in tickets) == ["assigned"] * 4 + ["queued"] * 4
 
 
-def test_without_team_locks_postgresql_workers_would_overfill(
-    make_service, monkeypatch, database_url
-):
+# SQLite serialises whole transactions (BEGIN IMMEDIATE), locks or not: PostgreSQL only.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_without_team_locks_postgresql_workers_would_overfill(make_service, monkeypatch):
     """The control for the test above: the race is real, and the locks are what stop it."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("SQLite serialises whole transactions (BEGIN IMMEDIATE), locks or not")
     workers = [make_service(), make_service()]
     monkeypatch.setattr(Database, "lock_teams", lambda self, session, team_ids: None)
     _slow_loads(monkeypatch, 0.1)
