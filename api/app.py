@@ -13,15 +13,17 @@ from triage import __version__
 from triage.api.errors import add_error_handlers
 from triage.api.middleware import RequestLogMiddleware
 from triage.api.routes import router
+from triage.api.tickets import router as tickets_router
 from triage.config import Settings
 from triage.errors import TriageError
-from triage.service import load_pipeline
+from triage.service import load_pipeline, load_ticket_service
 
 logger = logging.getLogger("triage.api")
 
 DESCRIPTION = """\
 Triage of Chinese customer messages: topic, sentiment, urgency (with the cues that raised it),
-complaint detection and review flags. Personal data (phone numbers, e-mail addresses, ID and
+complaint detection and review flags; tickets that are stored, routed to a team and a handler
+with SLA deadlines (see docs/tickets.md). Personal data (phone numbers, e-mail addresses, ID and
 bank card numbers) is masked before anything is stored, logged or returned.
 
 **Limits:** `text` is at most {max_text_length} characters; a batch holds 1 to
@@ -44,8 +46,9 @@ def _configure_logging(level: str) -> None:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load the model once. If it cannot be loaded the process keeps serving: ``/healthz`` is
-    200 while ``/readyz`` and the triage endpoints answer 503, so an orchestrator sees why."""
+    """Load the model and open the ticket store once. If either fails the process keeps
+    serving: ``/healthz`` is 200 while the endpoints that need it answer 503 and the log says
+    why."""
     settings: Settings = app.state.settings
     _configure_logging(settings.log_level)
     try:
@@ -57,8 +60,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         info = pipeline.model_info
         logger.info("model %s %s (%s) loaded", info.name, info.version, info.engine)
         app.state.pipeline = pipeline
+        try:
+            app.state.tickets = load_ticket_service(settings, pipeline)
+        except TriageError as exc:
+            logger.error("ticket store not opened, /v1/tickets answers 503: %s", exc)
+        else:
+            logger.info("ticket store %s ready", app.state.tickets.db.display_url)
     yield
-    app.state.pipeline = None
+    if app.state.tickets is not None:
+        app.state.tickets.db.dispose()
+    app.state.pipeline = app.state.tickets = None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -74,9 +85,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.pipeline = None
+    app.state.tickets = None
     app.add_middleware(RequestLogMiddleware)
     add_error_handlers(app)
     app.include_router(router)
+    app.include_router(tickets_router)
     return app
 
 

@@ -15,6 +15,7 @@ from triage.config import Settings
 from triage.pipeline import TriagePipeline
 from triage.registry import ModelRegistry
 from triage.schemas import ModelInfo
+from triage.store.service import TicketService
 
 
 async def get_settings(request: Request) -> Settings:
@@ -39,9 +40,18 @@ async def get_served_model(request: Request) -> ModelInfo | None:
     """The model this process serves, or None while none is loaded."""
     pipeline: TriagePipeline | None = request.app.state.pipeline
     return None if pipeline is None else pipeline.model_info
+async def get_tickets(request: Request) -> TicketService:
+    """The ticket store opened at startup; 503 while there is none (see the server log)."""
+    tickets: TicketService | None = request.app.state.tickets
+    if tickets is None:
+        raise ApiError(
+            503, "store_unavailable", "the ticket store is not available; see the server log"
+        )
+    return tickets
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PipelineDep = Annotated[TriagePipeline, Depends(get_pipeline)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 ServedModelDep = Annotated[ModelInfo | None, Depends(get_served_model)]
+TicketsDep = Annotated[TicketService, Depends(get_tickets)]

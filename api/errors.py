@@ -16,16 +16,29 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from triage.api.schemas import ErrorBody, ErrorDetail, ErrorResponse
-from triage.errors import ConfigError, InputError, ModelError, TriageError
+from triage.errors import (
+    ConfigError,
+    ConflictError,
+    InputError,
+    ModelError,
+    NotFoundError,
+    StoreError,
+    TriageError,
+)
 
 logger = logging.getLogger("triage.api")
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 _TRIAGE_ERROR_STATUS: dict[type[TriageError], int] = {
     InputError: 422,
+    NotFoundError: 404,
+    ConflictError: 409,
     ModelError: 503,
+    StoreError: 503,
     ConfigError: 500,
 }
+# Errors about the request itself; the others name server paths or database URLs.
+_CLIENT_ERRORS = (InputError, NotFoundError, ConflictError)
 
 
 class ApiError(Exception):
@@ -91,9 +104,9 @@ def add_error_handlers(app: FastAPI) -> None:
 
     async def triage_error(request: Request, exc: TriageError) -> JSONResponse:
         status = next(s for cls, s in _TRIAGE_ERROR_STATUS.items() if isinstance(exc, cls))
-        if isinstance(exc, InputError):
+        if isinstance(exc, _CLIENT_ERRORS):
             return error_response(status, exc.code, str(exc))
-        # Model and configuration errors name server paths: logged, not shown to clients.
+        # Model, store and configuration errors name server paths: logged, not shown.
         logger.error("%s %s failed: %s: %s", request.method, request.url.path, exc.code, exc)
         return error_response(status, exc.code, "the service cannot process requests right now")
 

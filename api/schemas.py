@@ -111,3 +111,37 @@ class RegistryVersion(BaseModel):
 class ModelListResponse(BaseModel):
     serving: ModelInfo | None = Field(description="the model this process serves; null if none")
     models: list[RegistryVersion] = Field(description="registered versions, oldest first")
+class FollowupRequest(BaseModel):
+    """A message on an existing ticket: the customer's follow-up or an agent's reply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    author: Literal["customer", "agent"] = "customer"
+    author_id: str | None = Field(default=None, max_length=200, description="agent or customer")
+    id: str | None = Field(
+        default=None, max_length=200, description="client message id; a retry with it is ignored"
+    )
+
+
+class AssignRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    handler_id: str | None = Field(
+        default=None, description="who takes the ticket; left out: routing picks in its team"
+    )
+    actor: str | None = Field(default=None, max_length=200, description="who made the change")
+
+
+class StatusRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    actor: str | None = Field(default=None, max_length=200, description="who made the change")
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class DutyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    on_duty: bool
+    actor: str | None = Field(default=None, max_length=200)

@@ -1,8 +1,14 @@
-"""Shared fixtures: a small model trained in about a second from part of the seed corpus."""
+"""Shared fixtures: a small model trained in about a second from part of the seed corpus, and
+empty ticket databases on SQLite and (when a server is given) PostgreSQL."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -57,3 +63,90 @@ def fixed_engine_kind(monkeypatch: pytest.MonkeyPatch) -> str:
     """Makes ``load_engine`` dispatch ``"engine": "fixed"`` to tests/fixed_engine.py."""
     monkeypatch.setitem(ENGINE_CLASSES, "fixed", "tests.fixed_engine:FixedEngine")
     return "fixed"
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every app a test starts opens a throw-away ticket store, never the user's."""
+    path = tmp_path_factory.mktemp("store") / "default.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRIAGE_DATABASE_URL", f"sqlite:///{path}")
+        yield
+
+
+def _postgres_url() -> str:
+    """The server the PostgreSQL variants run against; `.ci/run` starts one and sets it."""
+    url = os.environ.get("TRIAGE_TEST_DATABASE_URL")
+    if url:
+        return url
+    if os.environ.get("TRIAGE_REQUIRE_POSTGRES"):
+        pytest.fail("TRIAGE_REQUIRE_POSTGRES is set but TRIAGE_TEST_DATABASE_URL is not")
+    pytest.skip("PostgreSQL variant: set TRIAGE_TEST_DATABASE_URL (`.ci/run` starts a server)")
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A URL whose connections work in a new, empty schema, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    from triage.store.database import parse_database_url
+
+    base = parse_database_url(_postgres_url())
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base)
+    try:
+        with admin.begin() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:
+        admin.dispose()
+        if os.environ.get("TRIAGE_REQUIRE_POSTGRES"):
+            raise
+        pytest.skip(f"PostgreSQL at {base.render_as_string()} unreachable: {exc}")
+    try:
+        url = base.update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def _migrated(url: str) -> str:
+    from triage.store.database import Database
+
+    database = Database(url)
+    database.upgrade()
+    database.dispose()
+    return url
+
+
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "tickets.db"
+    _migrated(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def _postgres_template() -> Iterator[str]:
+    with postgres_schema() as url:
+        yield _migrated(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated database without rows, on each backend: a copy of a migrated SQLite file,
+    or a PostgreSQL schema migrated once per session and emptied before each test."""
+    if request.param == "sqlite":
+        path = tmp_path / "tickets.db"
+        shutil.copyfile(request.getfixturevalue("_sqlite_template"), path)
+        return f"sqlite:///{path}"
+    from sqlalchemy import create_engine, text
+
+    from triage.store.models import Base
+
+    url: str = request.getfixturevalue("_postgres_template")
+    engine = create_engine(url)
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return url

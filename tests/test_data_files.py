@@ -13,8 +13,10 @@ import yaml
 
 from triage.cues import CueLexicon, load_cue_lexicon
 from triage.errors import ConfigError
+from triage.followups import load_followup_lexicon
 from triage.replies import load_situation_keywords, load_template_bank, load_tone_rules
 from triage.resources import packaged_data_path
+from triage.routing import load_routing
 from triage.taxonomy import Taxonomy, load_taxonomy
 
 DATA_DIR = packaged_data_path("taxonomy.yaml").parent
@@ -26,6 +28,10 @@ LOADERS: dict[str, Callable[[Path], object]] = {
     "situation_keywords.yaml": lambda path: load_situation_keywords(
         load_template_bank(load_taxonomy()), path
     ),
+    "routing.yaml": lambda path: load_routing(
+        load_taxonomy(), load_cue_lexicon(load_taxonomy()).kinds, path
+    ),
+    "followups.yaml": load_followup_lexicon,
 }
 
 

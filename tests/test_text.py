@@ -147,3 +147,11 @@ def test_char_segmenter_yields_non_space_characters():
 def test_segmenter_values_are_the_config_strings():
     assert Segmenter("jieba") is Segmenter.JIEBA
     assert Segmenter("char") is Segmenter.CHAR
+
+
+def test_masked_text_stays_masked_when_normalised_again():
+    from triage.pii import mask_pii
+
+    masked = mask_pii(normalize("电话13812345678,邮箱a@b.cn,<b>加急</b>")).text
+    assert masked == "电话<PHONE>,邮箱<EMAIL>,加急"
+    assert normalize(masked) == masked

@@ -33,6 +33,8 @@ class TrainArguments:
     train_path: Path = field(default_factory=lambda: seed_corpus_path("train"))
     dev_path: Path | None = field(default_factory=lambda: seed_corpus_path("dev"))
     extra_train_paths: tuple[Path, ...] = ()
+    # Agents' corrections read from a ticket store (``sqlite:///...`` or ``postgresql://...``).
+    feedback_database_url: str | None = None
     include_review_corpus: bool = True
     review_corpus_weight: float = 0.3
     model_name: str = DEFAULT_MODEL_NAME
@@ -159,6 +161,34 @@ def _head_data(
     return heads
 
 
+def _feedback(
+    url: str | None, taxonomy: Taxonomy, dev: Sequence[CorpusRecord], log: Callable[[str], None]
+) -> list[CorpusRecord]:
+    """Corrected messages from a ticket store, without any whose text is in the dev set (the
+    dev set must stay unseen)."""
+    if url is None:
+        return []
+    from triage.store.database import Database
+    from triage.store.feedback import feedback_records
+
+    database = Database(url)
+    try:
+        records = feedback_records(database, taxonomy)
+    finally:
+        database.dispose()
+    dev_texts = {prepare_text(r.text) for r in dev}
+    kept = [r for r in records if prepare_text(r.text) not in dev_texts]
+    log(
+        f"feedback: {len(kept)} corrected messages from {database.display_url}"
+        + (
+            f" ({len(records) - len(kept)} left out: their text is in dev)"
+            if len(kept) < len(records)
+            else ""
+        )
+    )
+    return kept
+
+
 def train_linear(args: TrainArguments, log: Callable[[str], None] = lambda _: None) -> TrainReport:
     """Train, tune thresholds and evaluate on dev (when given), then save the model."""
     started = time.perf_counter()
@@ -169,6 +199,8 @@ def train_linear(args: TrainArguments, log: Callable[[str], None] = lambda _: No
         for r in load_corpus(Path(path), taxonomy)
     ]
     dev = load_corpus(Path(args.dev_path), taxonomy) if args.dev_path else []
+    feedback = _feedback(args.feedback_database_url, taxonomy, dev, log)
+    records += feedback
     if dev:
         check_disjoint(records, dev)
     log(f"corpus: {len(records)} training messages, {len(dev)} dev messages")
@@ -215,6 +247,7 @@ def train_linear(args: TrainArguments, log: Callable[[str], None] = lambda _: No
     data = {
         "train_files": [Path(p).name for p in (args.train_path, *args.extra_train_paths)],
         "train_messages": len(records),
+        "feedback_messages": len(feedback),
         "dev_file": Path(args.dev_path).name if args.dev_path else None,
         "dev_messages": len(dev),
         "review_sentences": len(reviews),

@@ -227,8 +227,15 @@ def serve(host: str | None, port: int | None, workers: int, model_dir: Path | No
         uvicorn.run(create_app(settings), **common)
         return
     # Worker processes import the app and read their settings from the environment; the model
-    # is chosen (and trained if need be) once here, so that every worker serves the same one.
+    # is chosen (and trained if need be) once here, so that every worker serves the same one,
+    # and the ticket store is migrated once rather than by every worker.
     settings = pin_model(settings)
+    if settings.database_migrate_on_start:
+        from triage.store.database import Database
+
+        database = Database(settings.database_url)
+        database.upgrade()
+        database.dispose()
     os.environ.update(
         TRIAGE_HOST=settings.host,
         TRIAGE_PORT=str(settings.port),
@@ -239,10 +246,12 @@ def serve(host: str | None, port: int | None, workers: int, model_dir: Path | No
 
 def _train_summary(report: TrainReport) -> str:
     data, dev = report.data, report.metrics
+    feedback = data["feedback_messages"]
     lines = [
         f"model         {report.model_dir}",
         f"training      {data['train_messages']} messages from {', '.join(data['train_files'])}"
-        f" (+{data['review_sentences']} review sentences for sentiment)",
+        + (f" and {feedback} corrected by agents" if feedback else "")
+        + f" (+{data['review_sentences']} review sentences for sentiment)",
         f"dev           {data['dev_messages']} messages from {data['dev_file']}",
         f"{'head':<14}{'accuracy':>9}{'macro-F1':>10}",
         *(f"{h:<14}{dev[h]['accuracy']:>9.3f}{dev[h]['macro_f1']:>10.3f}" for h in HEADS),
@@ -290,6 +299,13 @@ def _registration_lines(version: ModelVersion, added: bool) -> list[str]:
     is_flag=True,
     help="Register the model and promote it: the service loads it on its next start.",
 )
+@click.option(
+    "--feedback",
+    "feedback_source",
+    metavar="SOURCE",
+    help="Also learn from agents' corrections: a ticket database URL (sqlite:///PATH, "
+    "postgresql://...) or a JSONL file written by `triage feedback export`.",
+)
 def train(
     data_paths: tuple[Path, ...],
     dev_path: Path | None,
@@ -298,6 +314,7 @@ def train(
     seed: int,
     register: bool,
     promote: bool,
+    feedback_source: str | None,
 ) -> None:
     """Train the linear model, tune its thresholds on dev and save it.
 
@@ -306,6 +323,10 @@ def train(
     paths: dict[str, Any] = {}
     if data_paths:
         paths.update(train_path=data_paths[0], extra_train_paths=data_paths[1:])
+    if feedback_source is not None and Path(feedback_source).is_file():
+        paths["extra_train_paths"] = (*paths.get("extra_train_paths", ()), Path(feedback_source))
+    elif feedback_source is not None:
+        paths["feedback_database_url"] = feedback_source
     if dev_path is not None:
         paths["dev_path"] = dev_path
     settings = _settings()
@@ -596,3 +617,98 @@ def register_model(model_dir: Path, promote: bool) -> None:
         model_dir, promote_reason="triage models register --promote" if promote else None
     )
     click.echo("\n".join(_registration_lines(registration.version, registration.added)))
+def database_url_option(command: F) -> F:
+    """The ``--database-url`` option of the ticket store commands."""
+    return click.option(
+        "--database-url",
+        help="Ticket store (default: TRIAGE_DATABASE_URL or ~/.local/share/triage/triage.db).",
+    )(command)
+
+
+@main.group()
+def db() -> None:
+    """The ticket store's database."""
+
+
+@db.command("upgrade")
+@database_url_option
+def db_upgrade(database_url: str | None) -> None:
+    """Create the ticket tables or apply pending migrations (the service does it at start)."""
+    from triage.store.database import Database
+
+    database = Database(_settings(database_url=database_url).database_url)
+    try:
+        revision = database.upgrade()
+    finally:
+        database.dispose()
+    click.echo(f"database {database.display_url} is at revision {revision}")
+
+
+@main.group()
+def feedback() -> None:
+    """Agents' corrected labels, stored with tickets."""
+
+
+@feedback.command("export")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@database_url_option
+@click.option(
+    "--default-channel",
+    default="chat",
+    show_default=True,
+    help="Channel written for tickets that came without one.",
+)
+def feedback_export(out: Path, database_url: str | None, default_channel: str) -> None:
+    """Write every corrected message to OUT as training data (corpus JSONL, masked text; the
+    latest correction of a message wins)."""
+    from triage.store.database import Database
+    from triage.store.feedback import feedback_records, write_records
+    from triage.taxonomy import load_taxonomy
+
+    settings = _settings(database_url=database_url)
+    database = Database(settings.database_url)
+    try:
+        records = feedback_records(database, load_taxonomy(settings.taxonomy_path), default_channel)
+    finally:
+        database.dispose()
+    write_records(records, out)
+    click.echo(f"wrote {len(records)} corrected messages to {out}")
+
+
+@main.group()
+def routing() -> None:
+    """The routing file: teams, handlers, rules, SLA targets."""
+
+
+@routing.command("check")
+@click.argument(
+    "path", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+def routing_check(path: Path | None) -> None:
+    """Validate a routing file (default: TRIAGE_ROUTING_PATH or the packaged example) against
+    the taxonomy and cue lexicon, and summarise it."""
+    from triage.cues import load_cue_lexicon
+    from triage.routing import load_routing
+    from triage.sla import format_duration
+    from triage.taxonomy import load_taxonomy
+
+    settings = _settings()
+    taxonomy = load_taxonomy(settings.taxonomy_path)
+    lexicon = load_cue_lexicon(taxonomy, settings.cues_path)
+    config = load_routing(taxonomy, lexicon.kinds, path or settings.routing_path)
+    on_duty = sum(h.on_duty for h in config.handlers)
+    click.echo(f"teams      {len(config.teams)}: {', '.join(config.teams)}")
+    click.echo(
+        f"handlers   {len(config.handlers)} ({on_duty} on duty), capacity "
+        f"{sum(h.capacity for h in config.handlers)}"
+    )
+    click.echo(f"rules      {len(config.rules)}: {', '.join(r.id for r in config.rules)}")
+    for level, target in config.sla.targets.items():
+        click.echo(
+            f"sla {level}     first response {format_duration(target.first_response)}, "
+            f"resolution {format_duration(target.resolution)}"
+        )
+    click.echo(
+        f"repeat     within {format_duration(config.repeat_contact.window)}, similarity >= "
+        f"{config.repeat_contact.threshold}"
+    )

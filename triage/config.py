@@ -8,8 +8,16 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def _data_home() -> Path:
+    return Path.home() / ".local" / "share" / "triage"
+
+
 def _default_registry_dir() -> Path:
-    return Path.home() / ".local" / "share" / "triage" / "registry"
+    return _data_home() / "registry"
+
+
+def _default_database_url() -> str:
+    return f"sqlite:///{_data_home() / 'triage.db'}"
 
 
 class Settings(BaseSettings):
@@ -41,6 +49,19 @@ class Settings(BaseSettings):
     situation_keywords_path: Path | None = None
     company_name: str = Field(default="本公司", description="fills {company} in reply drafts")
     hotline: str = Field(default="客服热线", description="fills {hotline} in reply drafts")
+    database_url: str = Field(
+        default_factory=_default_database_url,
+        description="ticket store: sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB",
+    )
+    database_migrate_on_start: bool = Field(
+        default=True, description="apply pending schema migrations when the service starts"
+    )
+    routing_path: Path | None = Field(
+        default=None, description="routing file: teams, handlers, rules, SLA (default: packaged)"
+    )
+    followups_path: Path | None = Field(
+        default=None, description="closing phrases of follow-ups (default: packaged)"
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = "info"

@@ -77,6 +77,19 @@ class NegationSpec(_Strict):
     # Words that contain a negation character without negating (不小心, 不停, 无缘无故).
     ignore: list[str] = Field(default_factory=list)
 
+    def negates(self, text: str, start: int) -> bool:
+        """Whether a negation word stands within ``window`` characters before ``start``, in
+        the same clause."""
+        window_start = start
+        while window_start > 0 and start - window_start < self.window:
+            if text[window_start - 1] in _CLAUSE_END:
+                break
+            window_start -= 1
+        before = text[window_start:start]
+        for word in self.ignore:
+            before = before.replace(word, " ")
+        return any(word in before for word in self.words)
+
 
 class CueKindSpec(_Strict):
     floor: str
@@ -117,23 +130,12 @@ class CueLexicon(_Strict):
     def _kind_names(self) -> list[str]:
         return list(self.kinds)
 
-    def _negated(self, text: str, start: int) -> bool:
-        window_start = start
-        while window_start > 0 and start - window_start < self.negation.window:
-            if text[window_start - 1] in _CLAUSE_END:
-                break
-            window_start -= 1
-        before = text[window_start:start]
-        for word in self.negation.ignore:
-            before = before.replace(word, " ")
-        return any(word in before for word in self.negation.words)
-
     def find(self, text: str) -> list[Cue]:
         """All non-negated cue hits in ``text``, in order of appearance."""
         hits = []
         for match in self._matcher.finditer(text):
             group = match.lastgroup
-            if group is None or self._negated(text, match.start()):
+            if group is None or self.negation.negates(text, match.start()):
                 continue
             name = self._kind_names[int(group[1:])]
             hits.append(

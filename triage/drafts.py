@@ -32,6 +32,7 @@ from triage.replies import (
     check_reply,
 )
 from triage.schemas import ReplyDraft, TriageResult
+from triage.similarity import char_bigrams
 
 _PATTERNS: dict[str, re.Pattern[str]] = {
     "order_id": re.compile(
@@ -47,7 +48,6 @@ _PATTERNS: dict[str, re.Pattern[str]] = {
 _NAME = re.compile(
     r"(?:^|(?<=[\n,.!?;:\s。，！？；：、])|(?<=我是)|(?<=我姓))([\u4e00-\u9fa5])(先生|女士|小姐|经理|总)(?![\u4e00-\u9fa5])"
 )
-_BIGRAM_SPACE = re.compile(r"\s+")
 # Each situation keyword found adds this much, for at most MAX_KEYWORD_HITS keywords: about what
 # a close example adds to the similarity (fixed by hand, not tuned on the dev labels).
 KEYWORD_WEIGHT = 0.15
@@ -64,11 +64,6 @@ def extract_slots(text: str) -> dict[str, str]:
     return found
 
 
-def _bigrams(text: str) -> Counter[str]:
-    text = _BIGRAM_SPACE.sub("", text.lower())
-    return Counter(text[i : i + 2] for i in range(len(text) - 1))
-
-
 class _ExampleIndex:
     """IDF-weighted character-bigram vectors of every example and description in the bank, one
     unit row each, grouped by (topic, situation): a message is compared with every situation in
@@ -81,7 +76,7 @@ class _ExampleIndex:
             for text in (*template.examples, template.description):
                 texts.append(text)
                 situations.append((template.topic, template.situation))
-        counts = [_bigrams(text) for text in texts]
+        counts = [char_bigrams(text) for text in texts]
         frequency = Counter(gram for grams in counts for gram in grams)
         self.vocabulary = {gram: i for i, gram in enumerate(frequency)}
         self.idf = np.log((1 + len(texts)) / (1 + np.array(list(frequency.values())))) + 1
@@ -105,7 +100,7 @@ class _ExampleIndex:
     def similarities(self, text: str) -> dict[tuple[str, str], float]:
         """Cosine of the message with each situation's closest example."""
         vector = np.zeros(len(self.vocabulary))
-        for gram, count in _bigrams(text).items():
+        for gram, count in char_bigrams(text).items():
             column = self.vocabulary.get(gram)
             if column is not None:
                 vector[column] = count * self.idf[column]

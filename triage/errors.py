@@ -37,3 +37,39 @@ class TextTooLongError(InputError):
     """The message is longer than the configured limit."""
 
     code = "text_too_long"
+
+
+class StoreError(TriageError):
+    """The ticket database cannot be reached or refused an operation."""
+
+    code = "store_error"
+
+
+class NotFoundError(TriageError):
+    """A ticket, handler or message that was asked for does not exist."""
+
+    code = "not_found"
+
+
+class ConflictError(TriageError):
+    """The request contradicts the current state (a full handler, a reused idempotency key)."""
+
+    code = "conflict"
+
+
+class IdempotencyKeyReusedError(ConflictError):
+    """An idempotency key was sent again with a different request."""
+
+    code = "idempotency_key_reused"
+
+
+class CapacityError(ConflictError):
+    """A handler cannot take a ticket: off duty or at capacity."""
+
+    code = "handler_unavailable"
+
+
+class TransitionError(ConflictError):
+    """A status change that the ticket's current status does not allow."""
+
+    code = "invalid_transition"

@@ -68,6 +68,7 @@ def _card_like(match: str) -> bool:
 
 
 # Checked in this order; a later pattern never matches inside an earlier span.
+# (The tag kinds are listed in ``MASK_KINDS``, which text normalisation leaves in place.)
 _DETECTORS: tuple[tuple[str, re.Pattern[str], object], ...] = (
     ("EMAIL", _EMAIL, None),
     ("ID", _ID, is_valid_resident_id),
@@ -75,6 +76,9 @@ _DETECTORS: tuple[tuple[str, re.Pattern[str], object], ...] = (
     ("PHONE", _MOBILE, None),
     ("PHONE", _LANDLINE, None),
 )
+
+
+MASK_KINDS = tuple(dict.fromkeys(kind for kind, _, _ in _DETECTORS))
 
 
 def mask_pii(text: str) -> MaskedText:

@@ -13,10 +13,10 @@ import numpy as np
 from triage.cues import Cue, CueLexicon, load_cue_lexicon
 from triage.drafts import ReplySuggester
 from triage.engines import Engine, load_engine
-from triage.errors import EmptyTextError, ModelError, TextTooLongError
+from triage.errors import ConfigError, EmptyTextError, ModelError, TextTooLongError
 from triage.models.linear import FloatArray
 from triage.pii import mask_pii
-from triage.schemas import CueHit, Message, ModelInfo, TriageResult
+from triage.schemas import CueHit, Message, ModelInfo, ReplyDraft, TriageResult
 from triage.taxonomy import Taxonomy, load_taxonomy
 from triage.text import normalize
 
@@ -130,17 +130,39 @@ class TriagePipeline:
         cues = [_cue_hit(cue) for cue in self.lexicon.find(masked)]
         tier = message.customer.tier if message.customer else None
         if tier and tier.lower() == "vip" and "vip" in self.lexicon.kinds:
-            cues.append(
-                CueHit.model_construct(
-                    kind="vip",
-                    text="customer.tier=vip",
-                    start=None,
-                    end=None,
-                    floor=self.lexicon.kinds["vip"].floor,
-                    source="metadata",
-                )
-            )
+            cues.append(self.metadata_cue("vip", "customer.tier=vip"))
         return Prepared(message.id, masked, message.channel, cues)
+
+    def metadata_cue(self, kind: str, text: str) -> CueHit:
+        """A cue known from outside the text (the customer's tier, their earlier tickets)."""
+        spec = self.lexicon.kinds.get(kind)
+        if spec is None:
+            raise ConfigError(
+                f"the cue lexicon has no kind {kind!r} (expected one of "
+                f"{sorted(self.lexicon.kinds)})"
+            )
+        return CueHit.model_construct(
+            kind=kind, text=text, start=None, end=None, floor=spec.floor, source="metadata"
+        )
+
+    def with_cue(self, result: TriageResult, cue: CueHit) -> TriageResult:
+        """``result`` with one more cue, its urgency raised to the cue's floor like a text cue
+        would (used for repeated contact, which only the ticket history reveals)."""
+        urgency, explanation = result.urgency, list(result.explanation)
+        if self.taxonomy.urgency_rank(cue.floor) < self.taxonomy.urgency_rank(urgency):
+            explanation.append(
+                f"urgency raised from {urgency} to {cue.floor} by cue {cue.kind}: {cue.text!r}"
+            )
+            urgency = cue.floor
+        else:
+            explanation.append(f"cue {cue.kind}: {cue.text!r} (urgency already {urgency})")
+        return result.model_copy(
+            update={"cues": [*result.cues, cue], "urgency": urgency, "explanation": explanation}
+        )
+
+    def suggest_replies(self, result: TriageResult) -> list[ReplyDraft]:
+        """Reply drafts for a result; none without a suggester."""
+        return self.suggester.suggest(result) if self.suggester is not None else []
 
     def _forward(self, texts: Sequence[str]) -> dict[str, FloatArray]:
         return self.engine.predict_proba(texts)
@@ -261,9 +283,9 @@ class TriagePipeline:
             self.postprocess(p, {head: probs[head][i] for head in HEADS})
             for i, p in enumerate(prepared)
         ]
-        if replies and self.suggester is not None:
+        if replies:
             for result in results:
-                result.replies = self.suggester.suggest(result)
+                result.replies = self.suggest_replies(result)
         return results
 
     def __call__(self, messages: Sequence[Message], *, replies: bool = False) -> list[TriageResult]:

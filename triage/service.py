@@ -7,6 +7,7 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from triage.config import Settings
 from triage.cues import load_cue_lexicon
@@ -17,6 +18,9 @@ from triage.pipeline import TriagePipeline
 from triage.registry import ModelRegistry
 from triage.replies import load_situation_keywords, load_template_bank, load_tone_rules
 from triage.taxonomy import load_taxonomy
+
+if TYPE_CHECKING:
+    from triage.store.service import TicketService
 
 logger = logging.getLogger("triage")
 
@@ -137,3 +141,22 @@ def load_pipeline(settings: Settings) -> TriagePipeline:
         max_text_length=settings.max_text_length,
         suggester=suggester,
     )
+
+
+def load_ticket_service(settings: Settings, pipeline: TriagePipeline) -> TicketService:
+    """The ticket store over the configured database: migrated (unless switched off) and with
+    the routing file's teams and handlers in place."""
+    from triage.followups import load_followup_lexicon
+    from triage.routing import Router, load_routing
+    from triage.store.database import Database
+    from triage.store.service import TicketService
+
+    routing = load_routing(pipeline.taxonomy, pipeline.lexicon.kinds, settings.routing_path)
+    database = Database(settings.database_url)
+    if settings.database_migrate_on_start:
+        database.upgrade()
+    service = TicketService(
+        database, pipeline, Router(routing), load_followup_lexicon(settings.followups_path)
+    )
+    service.sync_roster()
+    return service

@@ -15,9 +15,14 @@ from enum import StrEnum
 from functools import cache
 from typing import Any
 
+from triage.pii import MASK_KINDS
 from triage.resources import packaged_data_path
 
-_TAG = re.compile(r"<(?:/?[a-zA-Z][^<>]*|!--.*?--)>", re.DOTALL)
+# Markup, except the tags that masking puts in place of personal data (``<PHONE>``): masked text
+# stays masked text when it is normalised again (re-triaged, or used as training data).
+_TAG = re.compile(
+    r"<(?:(?!(?:{})>)/?[a-zA-Z][^<>]*|!--.*?--)>".format("|".join(MASK_KINDS)), re.DOTALL
+)
 _INVISIBLE = re.compile("[\u200b-\u200f\u2060\ufeff\u00ad]")
 _SPACES = re.compile(r"[^\S\n]+")
 _NEWLINES = re.compile(r"\s*\n\s*")

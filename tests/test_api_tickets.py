@@ -1,0 +1,210 @@
+"""The tickets API end to end: the app opens a SQLite store in its lifespan with the shipped
+routing file; SLA tests swap in a service with a fixed clock through dependency_overrides."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from tests.factories import FakeClock
+from tests.test_api import assert_error
+from triage.api.app import create_app
+from triage.api.deps import get_tickets
+from triage.config import Settings
+from triage.store.service import TicketService
+
+LEGAL = "快递丢了没人管,再不处理我就去法院起诉你们"
+LATE = "快递三天了还没到,怎么回事"
+
+
+@pytest.fixture
+def app(small_model_dir: Path, tmp_path: Path) -> FastAPI:
+    return create_app(
+        Settings(
+            model_dir=small_model_dir,
+            train_if_missing=False,
+            max_text_length=200,
+            database_url=f"sqlite:///{tmp_path / 'tickets.db'}",
+        )
+    )
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def post_ticket(client: TestClient, text: str, **fields: Any) -> dict[str, Any]:
+    response = client.post("/v1/tickets", json={"text": text, "channel": "chat", **fields})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_create_triages_stores_and_routes_with_reply_drafts(client):
+    response = client.post(
+        "/v1/tickets", json={"text": LEGAL + ",电话13812345678", "channel": "chat"}
+    )
+    assert response.status_code == 201, response.text
+    ticket = response.json()
+    assert response.headers["location"] == f"/v1/tickets/{ticket['id']}"
+    assert ticket["status"] == "assigned" and ticket["team"] == "escalation"
+    assert ticket["routing"]["rule"] == "legal_or_regulator_threat"
+    assert ticket["routing"]["notify"] == ["sup-sun"]
+    assert ticket["routing"]["reason"].startswith("rule legal_or_regulator_threat (cue legal)")
+    assert ticket["routing"]["assignment"].startswith(f"assigned to {ticket['handler']}: ")
+    assert ticket["urgency"] == "P1" and ticket["due_at"] == ticket["sla"]["first_response_due_at"]
+    assert ticket["replies"] and set(ticket["replies"][0]) == {
+        "template_id",
+        "text",
+        "score",
+        "reason",
+    }
+    assert "13812345678" not in response.text
+    assert client.get(f"/v1/tickets/{ticket['id']}").json() == ticket
+
+
+def test_idempotency_key_replays_and_rejects_a_different_message(client):
+    headers = {"Idempotency-Key": "order-77-first"}
+    first = client.post("/v1/tickets", json={"text": LATE}, headers=headers)
+    again = client.post("/v1/tickets", json={"text": LATE}, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    assert client.get("/v1/tickets").json()["total"] == 1
+    other = client.post("/v1/tickets", json={"text": LEGAL}, headers=headers)
+    error = assert_error(other, 409, "idempotency_key_reused")
+    assert "'order-77-first' was used for ticket 1" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"text": "   "}, "empty_text"),
+        ({"text": "长" * 201}, "text_too_long"),
+        ({"text": LATE, "channel": "fax"}, "invalid_channel"),
+        ({"text": LATE, "priority": "high"}, "invalid_request"),
+    ],
+)
+def test_invalid_tickets_are_rejected_before_anything_is_stored(client, body, code):
+    assert_error(client.post("/v1/tickets", json=body), 422, code)
+    assert client.get("/v1/tickets").json()["total"] == 0
+
+
+def test_list_filters_and_pagination(client):
+    ids = [post_ticket(client, text)["id"] for text in (LATE, LEGAL, LATE + "!")]
+    page = client.get("/v1/tickets", params={"limit": 2}).json()
+    assert [t["id"] for t in page["items"]] == [ids[2], ids[1]]
+    assert (page["total"], page["next_offset"]) == (3, 2)
+    escalation = client.get("/v1/tickets", params={"team": "escalation"}).json()
+    assert [t["id"] for t in escalation["items"]] == [ids[1]]
+    assert client.get("/v1/tickets", params={"urgency": "P1"}).json()["total"] == 1
+    assert client.get("/v1/tickets", params={"breached": "false"}).json()["total"] == 3
+    assert_error(client.get("/v1/tickets", params={"status": "closed"}), 422, "invalid_request")
+    assert_error(client.get("/v1/tickets", params={"limit": 0}), 422, "invalid_request")
+    assert_error(client.get("/v1/tickets/999"), 404, "not_found")
+
+
+def test_follow_ups_status_changes_and_errors(client):
+    ticket = post_ticket(client, LATE)
+    path = f"/v1/tickets/{ticket['id']}"
+    reply = client.post(f"{path}/messages", json={"text": "已为您催促", "author": "agent"})
+    assert reply.status_code == 200 and reply.json()["action"] == "first_response"
+    resolved = client.post(f"{path}/resolve", json={"actor": ticket["handler"]})
+    assert resolved.json()["status"] == "resolved"
+    assert_error(client.post(f"{path}/resolve", json={}), 409, "invalid_transition")
+    thanks = client.post(f"{path}/messages", json={"text": "谢谢你们"}).json()
+    assert (thanks["action"], thanks["ticket"]["status"]) == ("none", "resolved")
+    assert thanks["explanation"][0] == "follow-up: thanks"
+    reopened = client.post(f"{path}/reopen", json={"actor": "lead", "reason": "call"}).json()
+    assert reopened["status"] == "assigned"
+    assert_error(client.post(f"{path}/assign", json={"handler_id": "nobody"}), 404, "not_found")
+    assert_error(client.post("/v1/tickets/999/messages", json={"text": "hi"}), 404, "not_found")
+    assert_error(client.post(f"{path}/messages", json={"text": ""}), 422, "empty_text")
+
+
+def test_manual_assignment_above_capacity_is_a_conflict(client):
+    ticket = post_ticket(client, LATE)
+    assert client.post("/v1/handlers/h-zhou/duty", json={"on_duty": False}).status_code == 200
+    off = client.post(f"/v1/tickets/{ticket['id']}/assign", json={"handler_id": "h-zhou"})
+    assert_error(off, 409, "handler_unavailable")
+    assert_error(client.post("/v1/handlers/nobody/duty", json={"on_duty": True}), 404, "not_found")
+
+
+def test_duty_change_moves_tickets_and_teams_show_queues(client):
+    ticket = post_ticket(client, LEGAL)
+    holder = ticket["handler"]
+    for member in ("h-xu", "h-he"):
+        if member != holder:
+            client.post(f"/v1/handlers/{member}/duty", json={"on_duty": False})
+    change = client.post(f"/v1/handlers/{holder}/duty", json={"on_duty": False, "actor": "lead"})
+    assert change.json()["queued"] == [ticket["id"]]
+    teams = {t["id"]: t for t in client.get("/v1/teams").json()}
+    assert teams["escalation"]["queued"] == 1
+    handlers = {h["id"]: h for h in client.get("/v1/handlers").json()}
+    assert handlers[holder]["on_duty"] is False and handlers[holder]["load"] == 0
+    back = client.post(f"/v1/handlers/{holder}/duty", json={"on_duty": True}).json()
+    assert back["assigned_from_queue"] == [ticket["id"]]
+
+
+def test_feedback_is_stored_and_invalid_labels_are_named(client):
+    ticket = post_ticket(client, LATE)
+    path = f"/v1/tickets/{ticket['id']}/feedback"
+    created = client.post(path, json={"agent": "a-1", "urgency": "P2", "note": "VIP"})
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert (body["agent"], body["corrected"], body["labels"]["urgency"]) == (
+        "a-1",
+        ["urgency"],
+        "P2",
+    )
+    assert client.get(f"/v1/tickets/{ticket['id']}").json()["feedback"] == [body]
+    error = assert_error(
+        client.post(path, json={"agent": "a", "sentiment": "angry"}), 422, "invalid_input"
+    )
+    assert (
+        "sentiment: expected one of ['negative', 'neutral', 'positive'] (got 'angry')"
+        in (error["message"])
+    )
+    assert_error(client.post(path, json={"topic": "refund"}), 422, "invalid_request")
+
+
+def test_sla_report_with_a_fixed_clock(app, client):
+    live: TicketService = app.state.tickets
+    clock = FakeClock(datetime(2026, 5, 4, 10, 0, tzinfo=UTC))
+    app.dependency_overrides[get_tickets] = lambda: TicketService(
+        live.db, live.pipeline, live.router, live.followups, clock
+    )
+    urgent = post_ticket(client, LEGAL)
+    post_ticket(client, LATE)
+    assert client.get("/v1/sla").json()["breached"] == []
+    clock.advance(minutes=25)
+    assert [t["id"] for t in client.get("/v1/sla").json()["at_risk"]] == [urgent["id"]]
+    clock.advance(minutes=10)
+    report = client.get("/v1/sla").json()
+    assert [t["id"] for t in report["breached"]] == [urgent["id"]]
+    assert report["breached"][0]["sla_state"] == "breached"
+    breached = client.get("/v1/tickets", params={"breached": "true"}).json()
+    assert [t["id"] for t in breached["items"]] == [urgent["id"]]
+
+
+def test_store_that_cannot_open_answers_503_while_triage_works(small_model_dir, tmp_path, caplog):
+    routing = tmp_path / "routing.yaml"
+    routing.write_text("version: 1\nteams: {}\n", encoding="utf-8")
+    settings = Settings(
+        model_dir=small_model_dir,
+        train_if_missing=False,
+        routing_path=routing,
+        database_url=f"sqlite:///{tmp_path / 't.db'}",
+    )
+    with TestClient(create_app(settings)) as client:
+        assert_error(client.get("/v1/tickets"), 503, "store_unavailable")
+        assert client.post("/v1/triage", json={"text": LATE}).status_code == 200
+    assert f"{routing}: teams: Dictionary should have at least 1 item" in caplog.text

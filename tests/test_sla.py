@@ -1,0 +1,124 @@
+"""SLA durations and the state of a ticket's two clocks at fixed moments."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from triage.sla import Clocks, SlaPolicy, format_duration, parse_duration, sla_status
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "duration"),
+    [
+        ("30m", timedelta(minutes=30)),
+        ("4h", timedelta(hours=4)),
+        ("2d", timedelta(days=2)),
+        ("1d12h", timedelta(hours=36)),
+        ("1h30m", timedelta(minutes=90)),
+        (45, timedelta(minutes=45)),
+    ],
+)
+def test_durations_parse_and_format_back(text, duration):
+    assert parse_duration(text) == duration
+    assert parse_duration(format_duration(duration)) == duration
+
+
+@pytest.mark.parametrize("bad", ["", "4 hours", "h", "0m", "-5m", 0, True, 1.5, "2w"])
+def test_bad_durations_say_what_is_expected(bad):
+    with pytest.raises(ValueError, match="expected a duration"):
+        parse_duration(bad)
+
+
+POLICY = SlaPolicy.model_validate(
+    {
+        "targets": {
+            "P1": {"first_response": "30m", "resolution": "4h"},
+            "P3": {"first_response": "8h", "resolution": "3d"},
+        },
+        "at_risk_fraction": 0.25,
+    }
+)
+
+
+def clocks(urgency: str = "P1", responded: timedelta | None = None, resolved=None) -> Clocks:
+    first, resolution = POLICY.deadlines(urgency, T0)
+    return Clocks(
+        T0,
+        first,
+        resolution,
+        T0 + responded if responded is not None else None,
+        T0 + resolved if resolved is not None else None,
+    )
+
+
+STATES = [
+    # (what, clocks, minutes after creation, state, breached, at risk, due in minutes)
+    ("fresh", clocks(), 0, "on_track", [], [], 30),
+    ("first response running out", clocks(), 25, "at_risk", [], ["first_response"], 30),
+    ("exactly at the deadline is not late", clocks(), 30, "at_risk", [], ["first_response"], 30),
+    ("first response missed", clocks(), 31, "breached", ["first_response"], [], 30),
+    ("answered in time", clocks(responded=timedelta(minutes=10)), 60, "on_track", [], [], 240),
+    (
+        "answered late stays breached",
+        clocks(responded=timedelta(minutes=40)),
+        60,
+        "breached",
+        ["first_response"],
+        [],
+        240,
+    ),
+    (
+        "resolution running out",
+        clocks(responded=timedelta(minutes=5)),
+        200,
+        "at_risk",
+        [],
+        ["resolution"],
+        240,
+    ),
+    (
+        "both met",
+        clocks(responded=timedelta(minutes=5), resolved=timedelta(hours=1)),
+        600,
+        "met",
+        [],
+        [],
+        None,
+    ),
+    (
+        "resolved late",
+        clocks(responded=timedelta(minutes=5), resolved=timedelta(hours=5)),
+        600,
+        "breached",
+        ["resolution"],
+        [],
+        None,
+    ),
+    (
+        "never answered, resolution passed too",
+        clocks(),
+        300,
+        "breached",
+        ["first_response", "resolution"],
+        [],
+        30,
+    ),
+    ("P3 has longer targets", clocks("P3"), 60, "on_track", [], [], 480),
+]
+
+
+@pytest.mark.parametrize(
+    ("timer", "minutes", "state", "breached", "at_risk", "due_in"),
+    [case[1:] for case in STATES],
+    ids=[case[0] for case in STATES],
+)
+def test_sla_state_at_a_fixed_moment(timer, minutes, state, breached, at_risk, due_in):
+    status = sla_status(timer, T0 + timedelta(minutes=minutes), POLICY.at_risk_fraction)
+    assert status.state == state
+    assert status.breached == breached
+    assert status.at_risk == at_risk
+    assert status.due_at == (T0 + timedelta(minutes=due_in) if due_in is not None else None)

@@ -1,0 +1,1 @@
+"""The ticket store: tables, migrations, the assignment service and feedback export."""
