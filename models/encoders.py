@@ -68,7 +68,7 @@ def resolve_base_model(
     the hub itself, unless ``local_files_only`` or ``HF_HUB_OFFLINE=1``.
     """
     from huggingface_hub import try_to_load_from_cache
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    from huggingface_hub.errors import HFValidationError
 
     name = str(name_or_path)
     tried: list[str] = []
@@ -86,12 +86,11 @@ def resolve_base_model(
         "local checkpoint directory"
     )
     try:
-        validate_repo_id(name)
+        cached = try_to_load_from_cache(name, HF_CONFIG_FILE, cache_dir=cache_dir)
     except HFValidationError as exc:
         raise ModelError(
             f"base model {name!r}: {'; '.join(tried)}, and not a valid hub id ({exc}); {hint}"
         ) from exc
-    cached = try_to_load_from_cache(name, HF_CONFIG_FILE, cache_dir=cache_dir)
     if isinstance(cached, str):
         return str(Path(cached).parent)
     tried.append("not in the local Hugging Face cache")
@@ -169,9 +168,9 @@ class SentenceEncoder:
     def postprocess(self, outputs: dict[str, torch.Tensor]) -> FloatArray:
         mask = outputs["attention_mask"].unsqueeze(-1).to(outputs["hidden"].dtype)
         pooled = (outputs["hidden"] * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        vectors = pooled.float().numpy()
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+        vectors: FloatArray = pooled.float().numpy()
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
 
     def __call__(self, texts: Sequence[str]) -> FloatArray:
         batches = [
@@ -221,9 +220,8 @@ def _encoder_files(encoder: Path) -> list[Path]:
             extras = [directory / n for n in _TOKENIZER_EXTRAS if (directory / n).is_file()]
             meta = [index] if index.is_file() else []
             return [encoder / HF_CONFIG_FILE, *weights, *meta, *tokenizer, *extras]
-    raise ModelError(
-        f"{encoder}: no tokenizer beside the encoder (expected one of {', '.join(_TOKENIZER_FILES)})"
-    )
+    expected = ", ".join(_TOKENIZER_FILES)
+    raise ModelError(f"{encoder}: no tokenizer beside the encoder (expected one of {expected})")
 
 
 def _max_seq_length(encoder: Path, config: Mapping[str, Any]) -> int:
@@ -277,9 +275,24 @@ def export_sentence_transformers(
         _write_json(
             out_dir / "modules.json",
             [
-                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+                {
+                    "idx": 0,
+                    "name": "0",
+                    "path": "",
+                    "type": "sentence_transformers.models.Transformer",
+                },
+                {
+                    "idx": 1,
+                    "name": "1",
+                    "path": "1_Pooling",
+                    "type": "sentence_transformers.models.Pooling",
+                },
+                {
+                    "idx": 2,
+                    "name": "2",
+                    "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize",
+                },
             ],
         )
         max_length = _max_seq_length(encoder, config)

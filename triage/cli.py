@@ -364,9 +364,7 @@ def import_e5(out: Path | None, source: Path | None, no_verify: bool) -> None:
     "(an imported e5 records 'query: ' and 'passage: ').",
 )
 @click.option("--default-prompt", help="Prompt name that encode() adds when none is given.")
-def export_st(
-    model: str, out: Path, prompts: tuple[str, ...], default_prompt: str | None
-) -> None:
+def export_st(model: str, out: Path, prompts: tuple[str, ...], default_prompt: str | None) -> None:
     """Export an encoder as a sentence-transformers model in OUT (mean pooling, normalised).
 
     MODEL_OR_ENCODER_DIR is a Hugging Face encoder directory, a saved transformer model (its
