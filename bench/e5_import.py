@@ -84,7 +84,13 @@ def main() -> None:
             for name, texts in text_sets(args.shared_sample, args.seed).items()
         }
     rows = [
-        [name, r["texts"], r["min_cosine"], r["mean_cosine"], f"{r['token_agreement']:.2%}"]
+        [
+            name,
+            r["texts"],
+            f"{r['min_cosine']:.4f}",
+            f"{r['mean_cosine']:.4f}",
+            f"{r['token_ids_identical']} ({r['token_agreement']:.2%})",
+        ]
         for name, r in results.items()
     ]
     print(
