@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,10 @@ from typing import Any
 _LIBRARIES = ("triage", "numpy", "scikit-learn", "scipy", "jieba", "OpenCC", "safetensors", "torch")
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(names: Sequence[str] = _LIBRARIES) -> dict[str, str]:
     """Versions of the libraries a model was built with, for the card and the config."""
     versions = {"python": platform.python_version()}
-    for name in _LIBRARIES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

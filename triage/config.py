@@ -20,6 +20,10 @@ def _default_database_url() -> str:
     return f"sqlite:///{_data_home() / 'triage.db'}"
 
 
+def _default_encoders_dir() -> Path:
+    return Path.home() / ".local" / "share" / "triage" / "encoders"
+
+
 class Settings(BaseSettings):
     """Service and library settings; e.g. ``TRIAGE_REGISTRY_DIR=/srv/triage/registry``."""
 
@@ -37,6 +41,11 @@ class Settings(BaseSettings):
         default=True,
         description="train the default model from the seed corpus on first start (into "
         "model_dir when it is set, else into the registry, promoted)",
+    )
+    encoders_dir: Path = Field(
+        default_factory=_default_encoders_dir,
+        description="where `triage models import-e5` writes encoders; base models are also "
+        "looked up here by name",
     )
     taxonomy_path: Path | None = None
     cues_path: Path | None = None
