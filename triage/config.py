@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     )
     tone_rules_path: Path | None = None
     situation_keywords_path: Path | None = None
+    products_path: Path | None = Field(
+        default=None, description="product lexicon that fills {product} (default: packaged)"
+    )
     company_name: str = Field(default="本公司", description="fills {company} in reply drafts")
     hotline: str = Field(default="客服热线", description="fills {hotline} in reply drafts")
     host: str = "127.0.0.1"

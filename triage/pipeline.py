@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from triage.cues import Cue, CueLexicon, load_cue_lexicon
-from triage.drafts import ReplySuggester
+from triage.drafts import SITUATION_HEAD, ReplySuggester
 from triage.engines import Engine, load_engine
 from triage.errors import EmptyTextError, ModelError, TextTooLongError
 from triage.models.linear import FloatArray
@@ -58,6 +58,7 @@ class Prepared:
     masked_text: str
     channel: str | None
     cues: list[CueHit] = field(default_factory=list)
+    product: str | None = None
 
 
 def _cue_hit(cue: Cue) -> CueHit:
@@ -84,6 +85,13 @@ class TriagePipeline:
         self.suggester = suggester
         self.thresholds = Thresholds.from_mapping(engine.meta.get("thresholds", {}))
         self._check_labels()
+        # The bank's (topic, situation) of each column of the model's situation head, if any.
+        situation = engine.heads.get(SITUATION_HEAD)
+        self._situation_keys = (
+            suggester.situation_keys(situation.labels, f"model {engine.name!r}")
+            if suggester is not None and situation is not None
+            else None
+        )
 
     @classmethod
     def from_directory(cls, directory: Path, **kwargs: Any) -> TriagePipeline:
@@ -140,7 +148,7 @@ class TriagePipeline:
                     source="metadata",
                 )
             )
-        return Prepared(message.id, masked, message.channel, cues)
+        return Prepared(message.id, masked, message.channel, cues, message.product)
 
     def _forward(self, texts: Sequence[str]) -> dict[str, FloatArray]:
         return self.engine.predict_proba(texts)
@@ -262,9 +270,22 @@ class TriagePipeline:
             for i, p in enumerate(prepared)
         ]
         if replies and self.suggester is not None:
-            for result in results:
-                result.replies = self.suggester.suggest(result)
+            situations = probs.get(SITUATION_HEAD)
+            for i, (p, result) in enumerate(zip(prepared, results, strict=True)):
+                result.replies = self.suggester.suggest(
+                    result,
+                    {"product": p.product},
+                    situation_probs=self._situation_probs(
+                        None if situations is None else situations[i]
+                    ),
+                )
         return results
+
+    def _situation_probs(self, row: FloatArray | None) -> dict[tuple[str, str], float] | None:
+        """One row of the situation head by the bank's (topic, situation); None without it."""
+        if row is None or self._situation_keys is None:
+            return None
+        return {key: float(p) for key, p in zip(self._situation_keys, row, strict=True) if key}
 
     def __call__(self, messages: Sequence[Message], *, replies: bool = False) -> list[TriageResult]:
         """Triage messages in one batch, with reply drafts when asked and a suggester is set;

@@ -13,7 +13,12 @@ from triage.drafts import DraftContext, ReplySuggester
 from triage.errors import ModelError
 from triage.models.linear import CONFIG_FILE
 from triage.pipeline import TriagePipeline
-from triage.replies import load_situation_keywords, load_template_bank, load_tone_rules
+from triage.replies import (
+    load_product_lexicon,
+    load_situation_keywords,
+    load_template_bank,
+    load_tone_rules,
+)
 from triage.taxonomy import load_taxonomy
 
 logger = logging.getLogger("triage")
@@ -60,6 +65,7 @@ def load_pipeline(settings: Settings) -> TriagePipeline:
         load_tone_rules(settings.tone_rules_path),
         DraftContext(company=settings.company_name, hotline=settings.hotline),
         load_situation_keywords(bank, settings.situation_keywords_path),
+        load_product_lexicon(settings.products_path),
     )
     return TriagePipeline.from_directory(
         settings.model_dir,
