@@ -288,3 +288,58 @@ def test_request_product_fills_drafts_and_missing_product_leaves_no_placeholder(
 
 
 BANK_SLOTS = {t.id: set(t.slots.optional) | set(t.slots.required) for t in BANK.templates}
+
+
+# --- optional encoder ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised two-layer BERT with a character vocabulary of the bank."""
+    pytest.importorskip("sentence_transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    characters = sorted({c for t in BANK.templates for x in t.examples for c in x})
+    vocabulary = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"])}
+    vocabulary.update({c: i + 4 for i, c in enumerate(characters)})
+    tokenizer = Tokenizer(models.WordLevel(vocabulary, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    directory = tmp_path_factory.mktemp("encoder")
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]"
+    ).save_pretrained(directory)
+    config = BertConfig(
+        vocab_size=len(vocabulary),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    BertModel(config).save_pretrained(directory)
+    return directory
+
+
+def test_an_encoder_ranks_situations_when_configured(tiny_encoder_dir, small_pipeline):
+    from triage.drafts import EncoderIndex
+
+    index = EncoderIndex(tiny_encoder_dir, BANK.templates)
+    template = next(t for t in BANK.templates if t.situation == "late_delivery")
+    scores = index.similarities(template.examples[0])
+    assert set(scores) == set(BANK.situations())
+    assert scores[("logistics", "late_delivery")] == pytest.approx(1.0, abs=1e-4)
+    assert all(-1.0 - 1e-4 <= value <= 1.0 + 1e-4 for value in scores.values())
+    suggester = ReplySuggester(
+        BANK, load_tone_rules(), DraftContext(company="安心家电", hotline="400"), index=index
+    )
+    pipeline = TriagePipeline(small_pipeline.engine, suggester=suggester)
+    assert pipeline([Message(text=template.examples[0])], replies=True)[0].replies
+
+
+def test_a_missing_encoder_is_a_model_error(tmp_path):
+    pytest.importorskip("sentence_transformers")
+    from triage.drafts import EncoderIndex
+    from triage.errors import ModelError
+
+    with pytest.raises(ModelError, match="expected a model directory"):
+        EncoderIndex(tmp_path / "absent", BANK.templates)

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     )
     tone_rules_path: Path | None = None
     situation_keywords_path: Path | None = None
+    reply_encoder: Path | None = Field(
+        default=None,
+        description="sentence-transformers model directory that compares messages with the reply"
+        " bank's examples (needs sentence-transformers; default: character n-grams)",
+    )
     products_path: Path | None = Field(
         default=None, description="product lexicon that fills {product} (default: packaged)"
     )

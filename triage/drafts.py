@@ -21,12 +21,14 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from triage.errors import InputError
+from triage.errors import InputError, ModelError
 from triage.replies import (
     ProductLexicon,
     ReplyTemplate,
@@ -86,18 +88,35 @@ def _bigrams(text: str) -> Counter[str]:
     return Counter(text[i : i + 2] for i in range(len(text) - 1))
 
 
+def _example_texts(
+    templates: Sequence[ReplyTemplate],
+) -> tuple[list[str], list[tuple[str, str]], NDArray[np.int64]]:
+    """Every example and description of the bank; the sorted (topic, situation) keys; and, for
+    each text, the position of its key."""
+    texts: list[str] = []
+    situations: list[tuple[str, str]] = []
+    for template in templates:
+        for text in (*template.examples, template.description):
+            texts.append(text)
+            situations.append((template.topic, template.situation))
+    keys = sorted(set(situations))
+    position = {key: i for i, key in enumerate(keys)}
+    return texts, keys, np.array([position[key] for key in situations])
+
+
+class SimilarityIndex(Protocol):
+    """How close a message is to each situation's examples (1 is identical)."""
+
+    def similarities(self, text: str) -> dict[tuple[str, str], float]: ...
+
+
 class ExampleIndex:
     """IDF-weighted character-bigram vectors of every example and description in the bank, one
     unit row each, grouped by (topic, situation): a message is compared with every situation in
     one sparse product, and a situation scores by its closest example over all its tones."""
 
-    def __init__(self, templates: tuple[ReplyTemplate, ...]):
-        texts: list[str] = []
-        situations: list[tuple[str, str]] = []
-        for template in templates:
-            for text in (*template.examples, template.description):
-                texts.append(text)
-                situations.append((template.topic, template.situation))
+    def __init__(self, templates: Sequence[ReplyTemplate]):
+        texts, self.keys, self.owners = _example_texts(templates)
         counts = [_bigrams(text) for text in texts]
         frequency = Counter(gram for grams in counts for gram in grams)
         self.vocabulary = {gram: i for i, gram in enumerate(frequency)}
@@ -115,9 +134,6 @@ class ExampleIndex:
                 columns.append(column)
                 values.append(weight / norm)
         self.matrix = sp.csr_matrix((values, (rows, columns)), shape=(len(texts), len(frequency)))
-        self.keys = sorted(set(situations))
-        position = {key: i for i, key in enumerate(self.keys)}
-        self.owners = np.array([position[key] for key in situations])
 
     def similarities(self, text: str) -> dict[tuple[str, str], float]:
         """Cosine of the message with each situation's closest example."""
@@ -130,6 +146,43 @@ class ExampleIndex:
         best = np.zeros(len(self.keys))
         if norm:
             np.maximum.at(best, self.owners, self.matrix @ (vector / norm))
+        return dict(zip(self.keys, best.tolist(), strict=True))
+
+
+class EncoderIndex:
+    """The same comparison with a sentence-transformers encoder (``TRIAGE_REPLY_ENCODER``):
+    the bank's examples are embedded once, here; each message is embedded when it is ranked.
+
+    ``sentence_transformers`` is imported only when such an index is built, so the default
+    service never needs torch. A directory holding a plain Hugging Face encoder loads too
+    (sentence-transformers then adds mean pooling).
+    """
+
+    def __init__(self, model_dir: Path, templates: Sequence[ReplyTemplate]):
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise ModelError(
+                f"reply encoder {model_dir}: sentence-transformers is not installed ({exc})"
+            ) from exc
+        if not model_dir.is_dir():
+            raise ModelError(f"reply encoder {model_dir}: expected a model directory")
+        try:
+            self.model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+            texts, self.keys, self.owners = _example_texts(templates)
+            self.examples = self._embed(texts)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"reply encoder {model_dir}: cannot be loaded ({exc})") from exc
+
+    def _embed(self, texts: list[str]) -> NDArray[np.float32]:
+        vectors = self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+        return np.asarray(vectors, np.float32)
+
+    def similarities(self, text: str) -> dict[tuple[str, str], float]:
+        """Cosine of the message's embedding with each situation's closest example."""
+        scores = self.examples @ self._embed([text])[0]
+        best = np.full(len(self.keys), -1.0)
+        np.maximum.at(best, self.owners, scores.astype(np.float64))
         return dict(zip(self.keys, best.tolist(), strict=True))
 
 
@@ -207,6 +260,7 @@ class ReplySuggester:
         keywords: SituationKeywords | None = None,
         products: ProductLexicon | None = None,
         weights: SelectionWeights | None = None,
+        index: SimilarityIndex | None = None,
     ):
         self.bank = bank
         self.rules = rules
@@ -214,6 +268,7 @@ class ReplySuggester:
         self.keywords = keywords
         self.products = products
         self.weights = weights or SelectionWeights()
+        self._given_index = index
         self._verdicts: dict[tuple[str, str], bool] = {}
         self._situations = bank.situations()
         self._topics = sorted({topic for topic, _ in self._situations})
@@ -222,8 +277,9 @@ class ReplySuggester:
             self._templates.setdefault((template.topic, template.situation), []).append(template)
 
     @cached_property
-    def _index(self) -> ExampleIndex:
-        return ExampleIndex(self.bank.templates)
+    def _index(self) -> SimilarityIndex:
+        """The given index (e.g. an encoder), else character bigrams, built on first use."""
+        return self._given_index or ExampleIndex(self.bank.templates)
 
     def situation_keys(
         self, labels: Sequence[str], model: str = "model"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from triage.config import Settings
 from triage.cues import load_cue_lexicon
-from triage.drafts import DraftContext, ReplySuggester
+from triage.drafts import DraftContext, EncoderIndex, ReplySuggester
 from triage.errors import ModelError
 from triage.models.linear import CONFIG_FILE
 from triage.pipeline import TriagePipeline
@@ -66,6 +66,9 @@ def load_pipeline(settings: Settings) -> TriagePipeline:
         DraftContext(company=settings.company_name, hotline=settings.hotline),
         load_situation_keywords(bank, settings.situation_keywords_path),
         load_product_lexicon(settings.products_path),
+        index=EncoderIndex(settings.reply_encoder, bank.templates)
+        if settings.reply_encoder
+        else None,
     )
     return TriagePipeline.from_directory(
         settings.model_dir,
