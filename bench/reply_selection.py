@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from common import markdown_table, model_dir_or_default, write_result
 
 from triage.config import Settings
 from triage.drafts import SITUATION_HEAD
+from triage.engines import Engine
+from triage.models.linear import FloatArray
 from triage.pipeline import TriagePipeline
 from triage.replies import check_flags, check_reply, load_tone_rules, situation_label
 from triage.schemas import Message
@@ -32,8 +35,33 @@ from triage.training.corpus import load_corpus, seed_corpus_path
 LABELS = Path(__file__).resolve().parent.parent / "triage/data/replies/dev_situations.jsonl"
 
 
-def measure(model_dir: Path) -> dict[str, Any]:
-    pipeline = load_pipeline(Settings(model_dir=model_dir, train_if_missing=False))
+class WithoutSituationHead:
+    """A model seen without its situation head: drafts rank as for models that have none."""
+
+    def __init__(self, engine: Engine):
+        self.inner = engine
+        self.engine = engine.engine
+        self.heads = {k: v for k, v in engine.heads.items() if k != SITUATION_HEAD}
+        self.meta = engine.meta
+        self.name, self.version = engine.name, engine.version
+
+    def predict_proba(self, texts: Sequence[str]) -> dict[str, FloatArray]:
+        probs = self.inner.predict_proba(texts)
+        return {k: v for k, v in probs.items() if k != SITUATION_HEAD}
+
+
+def measure(
+    model_dir: Path, encoder: Path | None = None, situation_head: bool = True
+) -> dict[str, Any]:
+    settings = Settings(model_dir=model_dir, train_if_missing=False, reply_encoder=encoder)
+    pipeline = load_pipeline(settings)
+    if not situation_head:
+        pipeline = TriagePipeline(
+            WithoutSituationHead(pipeline.engine),
+            pipeline.taxonomy,
+            pipeline.lexicon,
+            suggester=pipeline.suggester,
+        )
     assert pipeline.suggester is not None
     rules, templates = load_tone_rules(), {t.id: t for t in pipeline.suggester.bank.templates}
     dev = {r.id: r for r in load_corpus(seed_corpus_path("dev"), load_taxonomy())}
@@ -107,11 +135,25 @@ def classifier_accuracy(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, help="model to use (trained when omitted)")
+    parser.add_argument(
+        "--reply-encoder",
+        type=Path,
+        help="sentence-transformers model for the similarity (needs sentence-transformers)",
+    )
+    parser.add_argument(
+        "--without-situation-head",
+        action="store_true",
+        help="rank as for models without a situation head (similarity and keywords only)",
+    )
     args = parser.parse_args()
     with model_dir_or_default(args.model_dir) as model_dir:
-        measured = measure(model_dir)
+        measured = measure(model_dir, args.reply_encoder, not args.without_situation_head)
+    measured["reply_encoder"] = str(args.reply_encoder) if args.reply_encoder else None
+    measured["situation_head_used"] = not args.without_situation_head
     print(markdown_table(["measure", "value"], list(measured.items())))
-    print(f"\nwrote {write_result('reply_selection', measured)}")
+    name = "reply_selection" + ("_encoder" if args.reply_encoder else "")
+    name += "_without_head" if args.without_situation_head else ""
+    print(f"\nwrote {write_result(name, measured)}")
 
 
 if __name__ == "__main__":

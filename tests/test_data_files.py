@@ -13,7 +13,12 @@ import yaml
 
 from triage.cues import CueLexicon, load_cue_lexicon
 from triage.errors import ConfigError
-from triage.replies import load_situation_keywords, load_template_bank, load_tone_rules
+from triage.replies import (
+    load_product_lexicon,
+    load_situation_keywords,
+    load_template_bank,
+    load_tone_rules,
+)
 from triage.resources import packaged_data_path
 from triage.taxonomy import Taxonomy, load_taxonomy
 
@@ -23,6 +28,7 @@ LOADERS: dict[str, Callable[[Path], object]] = {
     "taxonomy.yaml": load_taxonomy,
     "cues.yaml": lambda path: load_cue_lexicon(load_taxonomy(), path),
     "tone_rules.yaml": load_tone_rules,
+    "products.yaml": load_product_lexicon,
     "situation_keywords.yaml": lambda path: load_situation_keywords(
         load_template_bank(load_taxonomy()), path
     ),

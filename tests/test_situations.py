@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from triage.drafts import SITUATION_HEAD, DraftContext, ReplySuggester, extract_slots
 from triage.errors import ConfigError
@@ -272,6 +274,18 @@ def test_models_without_the_head_rank_as_before(small_pipeline):
 )
 def test_product_is_read_only_where_the_message_names_its_product(text, product):
     assert extract_slots(text, PRODUCTS).get("product") == product
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [({"nouns": []}, "nouns"), ({"before": ["买的", " "]}, "before"), ({"after": "坏了"}, "after")],
+)
+def test_a_broken_product_lexicon_names_the_file_and_key(tmp_path, change, key):
+    path = tmp_path / "products.yaml"
+    data = {**PRODUCTS.model_dump(), **change}
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(path))}: {key}"):
+        load_product_lexicon(path)
 
 
 def test_request_product_fills_drafts_and_missing_product_leaves_no_placeholder(small_pipeline):
