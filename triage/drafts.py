@@ -196,9 +196,9 @@ class SelectionWeights:
     """
 
     topic: float = 1.0  # x the topic head's probability of the situation's topic
-    classifier: float = 1.0  # x the situation head's probability of the (topic, situation)
+    classifier: float = 0.5  # x the situation head's probability of the (topic, situation)
     similarity: float = 0.125  # x the cosine of the message with the closest example
-    keyword: float = 0.05  # x each situation keyword found, for at most MAX_KEYWORD_HITS
+    keyword: float = 0.025  # x each situation keyword found, for at most MAX_KEYWORD_HITS
 
     def combine(
         self,
