@@ -42,8 +42,15 @@ class LinearConfig:
     char_features_log2: int = 19
     word_features_log2: int = 18
     segmenter: str = Segmenter.JIEBA_RS.value
+    # situation: chosen out of fold on the training split (bench/situation_weights.py).
     regularization_c: dict[str, float] = field(
-        default_factory=lambda: {"topic": 8.0, "sentiment": 4.0, "urgency": 8.0, "complaint": 4.0}
+        default_factory=lambda: {
+            "topic": 8.0,
+            "sentiment": 4.0,
+            "urgency": 8.0,
+            "complaint": 4.0,
+            "situation": 16.0,
+        }
     )
     class_weight: str | None = "balanced"
     max_iter: int = 3000

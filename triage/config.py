@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     )
     tone_rules_path: Path | None = None
     situation_keywords_path: Path | None = None
+    reply_encoder: Path | None = Field(
+        default=None,
+        description="sentence-transformers model directory that compares messages with the reply"
+        " bank's examples (needs sentence-transformers; default: character n-grams)",
+    )
+    products_path: Path | None = Field(
+        default=None, description="product lexicon that fills {product} (default: packaged)"
+    )
     company_name: str = Field(default="本公司", description="fills {company} in reply drafts")
     hotline: str = Field(default="客服热线", description="fills {hotline} in reply drafts")
     database_url: str = Field(

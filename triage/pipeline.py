@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 
 from triage.cues import Cue, CueLexicon, load_cue_lexicon
-from triage.drafts import ReplySuggester
+from triage.drafts import SITUATION_HEAD, ReplySuggester
 from triage.engines import Engine, load_engine
 from triage.errors import ConfigError, EmptyTextError, ModelError, TextTooLongError
 from triage.models.linear import FloatArray
 from triage.pii import mask_pii
-from triage.schemas import CueHit, Message, ModelInfo, ReplyDraft, TriageResult
+from triage.schemas import CueHit, Message, ModelInfo, TriageResult
 from triage.taxonomy import Taxonomy, load_taxonomy
 from triage.text import normalize
 
@@ -58,6 +58,7 @@ class Prepared:
     masked_text: str
     channel: str | None
     cues: list[CueHit] = field(default_factory=list)
+    product: str | None = None
 
 
 def _cue_hit(cue: Cue) -> CueHit:
@@ -84,6 +85,13 @@ class TriagePipeline:
         self.suggester = suggester
         self.thresholds = Thresholds.from_mapping(engine.meta.get("thresholds", {}))
         self._check_labels()
+        # The bank's (topic, situation) of each column of the model's situation head, if any.
+        situation = engine.heads.get(SITUATION_HEAD)
+        self._situation_keys = (
+            suggester.situation_keys(situation.labels, f"model {engine.name!r}")
+            if suggester is not None and situation is not None
+            else None
+        )
 
     @classmethod
     def from_directory(cls, directory: Path, **kwargs: Any) -> TriagePipeline:
@@ -131,7 +139,7 @@ class TriagePipeline:
         tier = message.customer.tier if message.customer else None
         if tier and tier.lower() == "vip" and "vip" in self.lexicon.kinds:
             cues.append(self.metadata_cue("vip", "customer.tier=vip"))
-        return Prepared(message.id, masked, message.channel, cues)
+        return Prepared(message.id, masked, message.channel, cues, message.product)
 
     def metadata_cue(self, kind: str, text: str) -> CueHit:
         """A cue known from outside the text (the customer's tier, their earlier tickets)."""
@@ -144,25 +152,6 @@ class TriagePipeline:
         return CueHit.model_construct(
             kind=kind, text=text, start=None, end=None, floor=spec.floor, source="metadata"
         )
-
-    def with_cue(self, result: TriageResult, cue: CueHit) -> TriageResult:
-        """``result`` with one more cue, its urgency raised to the cue's floor like a text cue
-        would (used for repeated contact, which only the ticket history reveals)."""
-        urgency, explanation = result.urgency, list(result.explanation)
-        if self.taxonomy.urgency_rank(cue.floor) < self.taxonomy.urgency_rank(urgency):
-            explanation.append(
-                f"urgency raised from {urgency} to {cue.floor} by cue {cue.kind}: {cue.text!r}"
-            )
-            urgency = cue.floor
-        else:
-            explanation.append(f"cue {cue.kind}: {cue.text!r} (urgency already {urgency})")
-        return result.model_copy(
-            update={"cues": [*result.cues, cue], "urgency": urgency, "explanation": explanation}
-        )
-
-    def suggest_replies(self, result: TriageResult) -> list[ReplyDraft]:
-        """Reply drafts for a result; none without a suggester."""
-        return self.suggester.suggest(result) if self.suggester is not None else []
 
     def _forward(self, texts: Sequence[str]) -> dict[str, FloatArray]:
         return self.engine.predict_proba(texts)
@@ -283,10 +272,23 @@ class TriagePipeline:
             self.postprocess(p, {head: probs[head][i] for head in HEADS})
             for i, p in enumerate(prepared)
         ]
-        if replies:
-            for result in results:
-                result.replies = self.suggest_replies(result)
+        if replies and self.suggester is not None:
+            situations = probs.get(SITUATION_HEAD)
+            for i, (p, result) in enumerate(zip(prepared, results, strict=True)):
+                result.replies = self.suggester.suggest(
+                    result,
+                    {"product": p.product},
+                    situation_probs=self._situation_probs(
+                        None if situations is None else situations[i]
+                    ),
+                )
         return results
+
+    def _situation_probs(self, row: FloatArray | None) -> dict[tuple[str, str], float] | None:
+        """One row of the situation head by the bank's (topic, situation); None without it."""
+        if row is None or self._situation_keys is None:
+            return None
+        return {key: float(p) for key, p in zip(self._situation_keys, row, strict=True) if key}
 
     def __call__(self, messages: Sequence[Message], *, replies: bool = False) -> list[TriageResult]:
         """Triage messages in one batch, with reply drafts when asked and a suggester is set;

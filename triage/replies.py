@@ -25,6 +25,8 @@ from triage.text import normalize
 CONTEXT_SLOTS = frozenset({"salutation", "company", "hotline", "agent_name"})
 _SLOT = re.compile(r"\{([a-z_]+)\}")
 _SEGMENT = re.compile(r"\[\[(.*?)\]\]", re.DOTALL)
+# Characters that never belong to a product name: a modifier holding one is dropped.
+_FUNCTION_CHARS = re.compile(r"[的了这那个些我你他她它们是在和与及把被给就都也还又很太才刚已]")
 
 Tone = Literal["standard", "apologetic", "formal", "chat"]
 
@@ -196,6 +198,15 @@ class TemplateBank:
     def by_topic(self, topic: str) -> list[ReplyTemplate]:
         return [t for t in self.templates if t.topic == topic]
 
+    def situations(self) -> list[tuple[str, str]]:
+        """Every (topic, situation) of the bank, sorted."""
+        return sorted({(t.topic, t.situation) for t in self.templates})
+
+
+def situation_label(topic: str, situation: str) -> str:
+    """A (topic, situation) as one label of a model's situation head: ``<topic>.<situation>``."""
+    return f"{topic}.{situation}"
+
 
 def load_template_bank(taxonomy: Taxonomy, directory: Path | None = None) -> TemplateBank:
     """Every ``*.yaml`` in the directory, checked against the taxonomy; ids unique across files."""
@@ -266,6 +277,60 @@ def load_situation_keywords(bank: TemplateBank, path: Path | None = None) -> Sit
     keywords = load_data_file(path, SituationKeywords)
     keywords.check_against(bank, str(path))
     return keywords
+
+
+class ProductLexicon(_Strict):
+    """Product nouns and the cues that mark a noun as the customer's product (``products.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ignored_types=(cached_property,))
+
+    modifier_max_chars: int = Field(ge=0, le=12)
+    nouns: list[str] = Field(min_length=1)
+    before: list[str] = Field(min_length=1)
+    after: list[str] = Field(min_length=1)
+    compound_suffixes: list[str] = Field(default_factory=list)
+
+    @field_validator("nouns", "before", "after", "compound_suffixes")
+    @classmethod
+    def _no_empty_words(cls, words: list[str]) -> list[str]:
+        empty = [w for w in words if not w.strip()]
+        if empty:
+            raise ValueError(f"expected non-empty words (got {empty})")
+        return words
+
+    @cached_property
+    def _patterns(self) -> tuple[re.Pattern[str], re.Pattern[str]]:
+        def either(words: list[str]) -> str:
+            return "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
+
+        outside = f"(?!{either(self.compound_suffixes)})" if self.compound_suffixes else ""
+        nouns = f"(?P<noun>{either(self.nouns)}){outside}"
+        modifier = f"(?P<modifier>[\\u4e00-\\u9fa5A-Za-z0-9]{{0,{self.modifier_max_chars}}}?)"
+        return (
+            re.compile(f"(?:{either(self.before)}){modifier}{nouns}", re.IGNORECASE),
+            re.compile(f"(?P<model>[A-Za-z0-9-]*){nouns}(?:{either(self.after)})", re.IGNORECASE),
+        )
+
+    def find(self, text: str) -> str | None:
+        """The product the message is about, or None when no noun stands beside a cue.
+
+        A brand or model between the cue and the noun is kept ("买的格林立式空调") unless it holds
+        a function word ("买的那个空调" gives 空调), so the name reads naturally in a draft.
+        """
+        cue_then_noun, noun_then_cue = self._patterns
+        found = [(m.start(), m["modifier"] + m["noun"]) for m in cue_then_noun.finditer(text)]
+        found += [(m.start(), m["model"] + m["noun"]) for m in noun_then_cue.finditer(text)]
+        if not found:
+            return None
+        product = min(found)[1]
+        return product if not _FUNCTION_CHARS.search(product) else self._noun_of(product)
+
+    def _noun_of(self, phrase: str) -> str:
+        return max((n for n in self.nouns if phrase.endswith(n)), key=len)
+
+
+def load_product_lexicon(path: Path | None = None) -> ProductLexicon:
+    return load_data_file(path or packaged_data_path("products.yaml"), ProductLexicon)
 
 
 def check_flags(template: ReplyTemplate, rules: ToneRules) -> dict[str, bool]:

@@ -23,6 +23,12 @@ class Message(BaseModel):
     text: str
     channel: str | None = Field(default=None, max_length=50)
     customer: Customer | None = None
+    product: str | None = Field(
+        default=None,
+        max_length=50,
+        description="the product the message is about, when the caller knows it; fills "
+        "{product} in reply drafts (otherwise it is read from the text)",
+    )
 
 
 class CueHit(BaseModel):

@@ -11,12 +11,17 @@ from typing import TYPE_CHECKING
 
 from triage.config import Settings
 from triage.cues import load_cue_lexicon
-from triage.drafts import DraftContext, ReplySuggester
+from triage.drafts import DraftContext, EncoderIndex, ReplySuggester
 from triage.errors import ModelError
 from triage.models.linear import CONFIG_FILE
 from triage.pipeline import TriagePipeline
 from triage.registry import ModelRegistry
-from triage.replies import load_situation_keywords, load_template_bank, load_tone_rules
+from triage.replies import (
+    load_product_lexicon,
+    load_situation_keywords,
+    load_template_bank,
+    load_tone_rules,
+)
 from triage.taxonomy import load_taxonomy
 
 if TYPE_CHECKING:
@@ -133,6 +138,10 @@ def load_pipeline(settings: Settings) -> TriagePipeline:
         load_tone_rules(settings.tone_rules_path),
         DraftContext(company=settings.company_name, hotline=settings.hotline),
         load_situation_keywords(bank, settings.situation_keywords_path),
+        load_product_lexicon(settings.products_path),
+        index=EncoderIndex(settings.reply_encoder, bank.templates)
+        if settings.reply_encoder
+        else None,
     )
     return TriagePipeline.from_directory(
         model_dir,

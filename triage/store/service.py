@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -200,16 +200,17 @@ class TicketService:
         with self.db.transaction() as session:
             earlier = self._earlier_tickets(session, customer_id)
 
-        result = self.pipeline([message])[0]
-        link = self._repeat_of(result.masked_text, earlier)
+        prepared = self.pipeline.preprocess(message)
+        link = self._repeat_of(prepared.masked_text, earlier)
         route_note = ""
         if link is not None:
             similarity, linked = link
             cue = self.pipeline.metadata_cue(
                 REPEAT_CONTACT_CUE, f"ticket {linked.id} (similarity {similarity:.2f})"
             )
-            result = self.pipeline.with_cue(result, cue)
-        result.replies = self.pipeline.suggest_replies(result)
+            # A cue like any other: it sets an urgency floor and the drafts see the result.
+            prepared = replace(prepared, cues=[*prepared.cues, cue])
+        result = self.pipeline.run_prepared([prepared], replies=True)[0]
         decision = self.router.decide(Facts.of(result, message.customer))
         preferred = decision.preferred_handler
         if link is not None and preferred is None and link[1].team == decision.team:

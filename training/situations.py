@@ -1,0 +1,180 @@
+"""Situation labels: which reply situation of the template bank fits each labeled complaint.
+
+One JSON object per line, ``{"id", "topic", "situation", "acceptable", "note"?}``: the message's
+topic, the (topic's) situation a person judged best or ``"none"`` when the bank has no fitting
+one (``note`` then names the missing situation), and other situations that fit as well. They
+train the ``situation`` head of the linear engine, together with the bank's own example messages.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from importlib import resources
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from triage.errors import ConfigError
+from triage.models.linear import HeadData
+from triage.replies import TemplateBank, load_template_bank, situation_label
+from triage.resources import describe_validation_error
+from triage.taxonomy import Taxonomy
+from triage.training.corpus import CorpusRecord
+
+NO_SITUATION = "none"
+
+
+class SituationLabel(BaseModel):
+    """A person's judgment of the reply situation that fits one corpus message."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    id: str = Field(min_length=1)
+    topic: str
+    situation: str = Field(pattern=r"^[a-z_]+$")
+    acceptable: list[str] = Field(default_factory=list)
+    note: str | None = None
+
+    @property
+    def fitting(self) -> set[str]:
+        """Every situation a draft may have and still fit the message."""
+        return {self.situation, *self.acceptable} - {NO_SITUATION}
+
+
+def seed_situations_path() -> Path:
+    """The packaged situation labels of the seed training split."""
+    root = resources.files("triage.training").joinpath("data", "seed", "train_situations.jsonl")
+    return Path(str(root))
+
+
+def _problems(
+    label: SituationLabel, bank: dict[str, set[str]], records: dict[str, CorpusRecord] | None
+) -> Iterable[str]:
+    situations = bank.get(label.topic)
+    if situations is None:
+        yield f"topic: expected a topic of the template bank {sorted(bank)} (got {label.topic!r})"
+        return
+    if label.situation != NO_SITUATION and label.situation not in situations:
+        yield (
+            f"situation: expected {NO_SITUATION!r} or a situation of {label.topic} "
+            f"{sorted(situations)} (got {label.situation!r})"
+        )
+    for index, other in enumerate(label.acceptable):
+        if other not in situations or other == label.situation:
+            yield (
+                f"acceptable.{index}: expected another situation of {label.topic} "
+                f"{sorted(situations - {label.situation})} (got {other!r})"
+            )
+    if records is not None:
+        record = records.get(label.id)
+        if record is None:
+            yield f"id: expected the id of a corpus message (got {label.id!r})"
+        elif record.topic != label.topic:
+            yield f"topic: expected the message's topic {record.topic!r} (got {label.topic!r})"
+
+
+def load_situation_labels(
+    path: Path,
+    bank: TemplateBank,
+    records: Sequence[CorpusRecord] | None = None,
+    *,
+    partial: bool = False,
+) -> list[SituationLabel]:
+    """Read and validate a label file against the bank and, when given, the corpus: each label
+    must name one of its messages, with the same topic. With ``partial`` (training on part of a
+    corpus) labels of other messages are dropped instead. Every problem is reported as
+    ``file:line: key: expected ... (got ...)``."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    known: dict[str, set[str]] = {}
+    for topic, situation in bank.situations():
+        known.setdefault(topic, set()).add(situation)
+    by_id = None if records is None else {r.id: r for r in records}
+    labels, problems, seen = [], [], Counter[str]()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            label = SituationLabel.model_validate(json.loads(line))
+        except json.JSONDecodeError as exc:
+            problems.append(f"{where}: not valid JSON ({exc.msg})")
+            continue
+        except ValidationError as exc:
+            problems.append(describe_validation_error(where, exc))
+            continue
+        if partial and by_id is not None and label.id not in by_id:
+            continue
+        problems += [f"{where}: {problem}" for problem in _problems(label, known, by_id)]
+        seen[label.id] += 1
+        if seen[label.id] == 2:
+            problems.append(f"{where}: id: expected unique ids (got duplicate {label.id!r})")
+        labels.append(label)
+    if problems:
+        shown = problems[:20] + (
+            [f"... and {len(problems) - 20} more"] if len(problems) > 20 else []
+        )
+        raise ConfigError("\n".join(shown))
+    return labels
+
+
+def situation_head_labels(bank: TemplateBank) -> list[str]:
+    """The situation head's labels: every (topic, situation) of the bank."""
+    return [situation_label(topic, situation) for topic, situation in bank.situations()]
+
+
+def situation_head_data(
+    records: Sequence[CorpusRecord],
+    texts: Sequence[str],
+    labels: Sequence[SituationLabel],
+    bank: TemplateBank,
+    prepare: Callable[[str], str],
+) -> HeadData:
+    """Rows of the situation head: the labeled messages that have a situation, the messages of
+    topics with a single situation in the bank (nothing to judge there), and every example
+    message of the bank (made ready for the model by ``prepare``, as ``texts`` were)."""
+    by_id = {label.id: label for label in labels}
+    situations_of = Counter(topic for topic, _ in bank.situations())
+    only_situation = {topic: s for topic, s in bank.situations() if situations_of[topic] == 1}
+    rows: list[tuple[str, str]] = []
+    for record, text in zip(records, texts, strict=True):
+        label = by_id.get(record.id)
+        if label is not None:
+            if label.situation != NO_SITUATION:
+                rows.append((text, situation_label(label.topic, label.situation)))
+        elif record.topic in only_situation:
+            rows.append((text, situation_label(record.topic, only_situation[record.topic])))
+    rows += [
+        (prepare(example), situation_label(t.topic, t.situation))
+        for t in bank.templates
+        for example in t.examples
+    ]
+    return HeadData([text for text, _ in rows], [label for _, label in rows])
+
+
+def situation_head(
+    path: Path,
+    records: Sequence[CorpusRecord],
+    texts: Sequence[str],
+    taxonomy: Taxonomy,
+    prepare: Callable[[str], str],
+    log: Callable[[str], None],
+) -> tuple[HeadData, list[str]] | None:
+    """Rows and labels of the situation head, from the labels of the training messages in
+    ``path`` and the packaged bank; None when no training message is labeled there."""
+    bank = load_template_bank(taxonomy)
+    labels = load_situation_labels(path, bank, records, partial=True)
+    if not labels:
+        log(f"situation head: none of the training messages is labeled in {path}; not trained")
+        return None
+    data = situation_head_data(records, texts, labels, bank, prepare)
+    log(
+        f"situation head: {len(data.texts)} rows ({len(labels)} labeled messages, "
+        f"{sum(label.situation == NO_SITUATION for label in labels)} of them without a "
+        "situation, plus single-situation topics and the bank's examples)"
+    )
+    return data, situation_head_labels(bank)
