@@ -93,6 +93,8 @@ class InferenceConfig:
 
     runtime: str = "torch"
     batch_size: int = 32
+    # Sort texts by token count before batching, so each batch pads to similar lengths.
+    length_bucketing: bool = True
     # Threads for the CPU runtimes; 0 leaves the library default (all cores).
     threads: int = 0
     device: str = "auto"
@@ -270,7 +272,11 @@ class TransformerEngine:
         longest member."""
         ids = self.encode(texts)
         lengths = np.array([len(row) for row in ids], dtype=np.int64)
-        order = np.argsort(lengths, kind="stable")
+        order = (
+            np.argsort(lengths, kind="stable")
+            if self.inference.length_bucketing
+            else np.arange(len(ids))
+        )
         size = batch_size or self.inference.batch_size
         out = []
         for start in range(0, len(order), size):

@@ -284,9 +284,12 @@ class FrozenEncoderView:
 
 @dataclass(frozen=True)
 class FitResult:
-    engine: TransformerEngine  # the best checkpoint's model (the last one without dev)
+    engine: TransformerEngine  # with the best epoch's weights (the last epoch's without dev)
     state: TrainerState
     peak_memory_mib: float
+    # The engine as dev evaluation saw it; with a frozen encoder it keeps the pooled vectors
+    # already computed, so further scoring of the same texts runs only the heads.
+    evaluated: Engine
 
 
 class Trainer:
@@ -396,13 +399,11 @@ class Trainer:
             self.save_checkpoint(state)
         bar.close()
         best = self.checkpoints / "best"
-        engine = (
-            TransformerEngine.load(best, {"device": self.args.device})
-            if (best / "config.json").is_file()
-            else self.engine
-        )
+        if state.best_epoch != state.epoch and (best / "config.json").is_file():
+            saved = TransformerEngine.load(best, {"device": self.args.device})
+            self.model.load_state_dict(saved.model.state_dict())
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return FitResult(engine, state, peak)
+        return FitResult(self.engine, state, peak, self.evaluated)
 
     def train_step(self, rows: np.ndarray[Any, Any], global_step: int) -> float:
         factor = self.learning_rate_factor(global_step)
