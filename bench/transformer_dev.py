@@ -42,6 +42,7 @@ def train(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         class_weighting=args.class_weighting,
         keep_checkpoints=args.keep_checkpoints,
         checkpoint_every_steps=args.checkpoint_every_steps,
+        checkpoint_every_epochs=args.checkpoint_every_epochs,
         resume_from=args.resume_from,
         progress=not args.no_progress,
     )
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--freeze-encoder", action="store_true")
     parser.add_argument("--keep-checkpoints", action="store_true")
     parser.add_argument("--checkpoint-every-steps", type=int, default=0)
+    parser.add_argument("--checkpoint-every-epochs", type=int, default=1)
     parser.add_argument("--resume-from", type=Path)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--name", default="transformer_dev", help="result file name")

@@ -59,6 +59,8 @@ def train_transformer(args: argparse.Namespace, fit: Rows, validation: Rows, out
         head_learning_rate=args.head_learning_rate,
         max_length=args.max_length,
         freeze_encoder=not args.fine_tune,
+        # Heads-only epochs take seconds: checkpoints would cost more than they save.
+        checkpoint_every_epochs=1 if args.fine_tune else 0,
         early_stopping_patience=args.patience,
         text_prefix=args.text_prefix,
         progress=not args.no_progress,

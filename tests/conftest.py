@@ -40,3 +40,18 @@ def small_pipeline(small_model_dir: Path) -> TriagePipeline:
 
 def read_jsonl(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random XLM-R encoder whose character vocabulary covers the seed corpus."""
+    import torch
+
+    from tests.tiny_encoder import build_tiny_encoder
+
+    torch.set_num_threads(1)  # a model this small only loses time to thread hand-offs
+
+    texts = [
+        str(r["text"]) for split in ("train", "dev") for r in read_jsonl(seed_corpus_path(split))
+    ]
+    return build_tiny_encoder(tmp_path_factory.mktemp("encoder"), texts)

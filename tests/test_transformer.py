@@ -14,8 +14,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tests.conftest import read_jsonl
-from tests.tiny_encoder import build_tiny_encoder
 from triage.cli import main
 from triage.engines import load_engine
 from triage.errors import ConfigError, ModelError
@@ -51,14 +49,6 @@ ROWS = [
 
 
 @pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    texts = [
-        str(r["text"]) for split in ("train", "dev") for r in read_jsonl(seed_corpus_path(split))
-    ]
-    return build_tiny_encoder(tmp_path_factory.mktemp("encoder"), texts + [t for t, _, _ in ROWS])
-
-
-@pytest.fixture(scope="module")
 def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """About 220 training and 80 dev messages of the seed corpus."""
     folder = tmp_path_factory.mktemp("tiny-corpus")
@@ -74,10 +64,10 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return train, dev
 
 
-def arguments(encoder_dir: Path, out_dir: Path, **changes: Any) -> TransformerTrainArguments:
+def arguments(tiny_encoder_dir: Path, out_dir: Path, **changes: Any) -> TransformerTrainArguments:
     base = TransformerTrainArguments(
         out_dir=out_dir,
-        base_model=str(encoder_dir),
+        base_model=str(tiny_encoder_dir),
         dev_path=None,
         epochs=30,
         batch_size=4,
@@ -88,6 +78,7 @@ def arguments(encoder_dir: Path, out_dir: Path, **changes: Any) -> TransformerTr
         head_dropout=0.0,
         freeze_embeddings=False,
         early_stopping_patience=0,
+        checkpoint_every_epochs=0,
         device="cpu",
         progress=False,
     )
@@ -107,16 +98,18 @@ def fit(args: TransformerTrainArguments, rows: MultiTaskRows, **hooks: object) -
     return Trainer(engine, rows, args, **hooks).fit().engine  # type: ignore[arg-type]
 
 
-def test_overfits_a_handful_of_rows(encoder_dir: Path, tmp_path: Path) -> None:
+def test_overfits_a_handful_of_rows(tiny_encoder_dir: Path, tmp_path: Path) -> None:
     rows = handful()
-    engine = fit(arguments(encoder_dir, tmp_path / "out"), rows)
+    engine = fit(arguments(tiny_encoder_dir, tmp_path / "out"), rows)
     probs = engine.predict_proba(rows.texts)
     for head, gold in rows.labels.items():
         assert probs[head].argmax(axis=1).tolist() == gold.tolist()
 
 
-def test_save_load_round_trip_gives_identical_outputs(encoder_dir: Path, tmp_path: Path) -> None:
-    engine = fit(arguments(encoder_dir, tmp_path / "out", epochs=2), handful())
+def test_save_load_round_trip_gives_identical_outputs(
+    tiny_encoder_dir: Path, tmp_path: Path
+) -> None:
+    engine = fit(arguments(tiny_encoder_dir, tmp_path / "out", epochs=2), handful())
     saved = engine.save(tmp_path / "model", {"name": "tiny", "thresholds": {"complaint": 0.4}})
     loaded = load_engine(saved)
     assert isinstance(loaded, TransformerEngine)
@@ -140,8 +133,8 @@ def test_save_load_round_trip_gives_identical_outputs(encoder_dir: Path, tmp_pat
     assert "logistics, refund, praise" in card and "transformers" in card
 
 
-def test_batch_equals_single(encoder_dir: Path, tmp_path: Path) -> None:
-    engine = fit(arguments(encoder_dir, tmp_path / "out", epochs=2), handful())
+def test_batch_equals_single(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    engine = fit(arguments(tiny_encoder_dir, tmp_path / "out", epochs=2), handful())
     texts = [t for t, _, _ in ROWS] + ["好"]
     batched = engine.predict_proba(texts)
     for i, text in enumerate(texts):
@@ -150,8 +143,8 @@ def test_batch_equals_single(encoder_dir: Path, tmp_path: Path) -> None:
             np.testing.assert_allclose(single[head][0], batched[head][i], atol=1e-5)
 
 
-def test_heads_without_labels_get_no_gradient(encoder_dir: Path, tmp_path: Path) -> None:
-    engine = new_engine(arguments(encoder_dir, tmp_path / "out"), HEADS)
+def test_heads_without_labels_get_no_gradient(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    engine = new_engine(arguments(tiny_encoder_dir, tmp_path / "out"), HEADS)
     rows = MultiTaskRows.from_labels(
         ["好评", "差评"],
         {"topic": [None, None], "sentiment": ["positive", "negative"]},
@@ -176,7 +169,7 @@ def test_masked_loss_counts_only_labeled_rows() -> None:
     assert torch.isclose(loss, expected)
 
 
-def test_partial_rows_train_only_their_heads(encoder_dir: Path, tmp_path: Path) -> None:
+def test_partial_rows_train_only_their_heads(tiny_encoder_dir: Path, tmp_path: Path) -> None:
     """Sentiment-only review rows added to the handful leave the topic fit intact."""
     reviews = MultiTaskRows.from_labels(
         ["一般般吧", "还行", "太差了"],
@@ -185,7 +178,7 @@ def test_partial_rows_train_only_their_heads(encoder_dir: Path, tmp_path: Path) 
     )
     rows = handful() + reviews
     assert rows.labels["topic"][-3:].tolist() == [MISSING] * 3
-    engine = fit(arguments(encoder_dir, tmp_path / "out"), rows)
+    engine = fit(arguments(tiny_encoder_dir, tmp_path / "out"), rows)
     probs = engine.predict_proba(rows.texts)
     assert probs["topic"][:8].argmax(axis=1).tolist() == handful().labels["topic"].tolist()
     assert probs["sentiment"].argmax(axis=1).tolist() == rows.labels["sentiment"].tolist()
@@ -197,9 +190,11 @@ def test_class_weights_balance_the_labeled_rows() -> None:
     np.testing.assert_allclose(class_weights(labels, 3, "none").numpy(), [1.0, 1.0, 1.0])
 
 
-def test_same_seed_same_model_other_seed_other_model(encoder_dir: Path, tmp_path: Path) -> None:
+def test_same_seed_same_model_other_seed_other_model(
+    tiny_encoder_dir: Path, tmp_path: Path
+) -> None:
     def head_weights(seed: int) -> dict[str, torch.Tensor]:
-        args = arguments(encoder_dir, tmp_path / f"out-{seed}", epochs=2, seed=seed)
+        args = arguments(tiny_encoder_dir, tmp_path / f"out-{seed}", epochs=2, seed=seed)
         return fit(args, handful()).head_tensors()
 
     first, again, other = head_weights(1), head_weights(1), head_weights(2)
@@ -208,8 +203,8 @@ def test_same_seed_same_model_other_seed_other_model(encoder_dir: Path, tmp_path
     assert not torch.equal(first["heads.topic.weight"], other["heads.topic.weight"])
 
 
-def test_resumed_run_equals_uninterrupted_run(encoder_dir: Path, tmp_path: Path) -> None:
-    args = arguments(encoder_dir, tmp_path / "straight", epochs=3, head_dropout=0.1)
+def test_resumed_run_equals_uninterrupted_run(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    args = arguments(tiny_encoder_dir, tmp_path / "straight", epochs=3, head_dropout=0.1)
     straight = fit(args, handful())
 
     class Interrupted(Exception):
@@ -219,7 +214,9 @@ def test_resumed_run_equals_uninterrupted_run(encoder_dir: Path, tmp_path: Path)
         if state.global_step == 3:  # one step into the second epoch (2 steps per epoch)
             raise Interrupted
 
-    broken = replace(args, out_dir=tmp_path / "broken", keep_checkpoints=True)
+    broken = replace(
+        args, out_dir=tmp_path / "broken", keep_checkpoints=True, checkpoint_every_epochs=1
+    )
     with pytest.raises(Interrupted):
         fit(broken, handful(), after_step=interrupt)
     checkpoint = broken.out_dir / "checkpoints" / "last"
@@ -230,8 +227,14 @@ def test_resumed_run_equals_uninterrupted_run(encoder_dir: Path, tmp_path: Path)
         torch.testing.assert_close(resumed.head_tensors()[key], value)
 
 
-def test_resume_with_other_arguments_is_refused(encoder_dir: Path, tmp_path: Path) -> None:
-    args = arguments(encoder_dir, tmp_path / "out", epochs=1, keep_checkpoints=True)
+def test_resume_with_other_arguments_is_refused(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    args = arguments(
+        tiny_encoder_dir,
+        tmp_path / "out",
+        epochs=1,
+        keep_checkpoints=True,
+        checkpoint_every_epochs=1,
+    )
     fit(args, handful())
     checkpoint = args.out_dir / "checkpoints" / "last"
     changed = replace(args, learning_rate=1e-4, resume_from=checkpoint)
@@ -239,11 +242,11 @@ def test_resume_with_other_arguments_is_refused(encoder_dir: Path, tmp_path: Pat
         fit(changed, handful())
 
 
-def test_arguments_name_the_bad_value(encoder_dir: Path, tmp_path: Path) -> None:
+def test_arguments_name_the_bad_value(tiny_encoder_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"batch_size: expected a positive integer \(got 0\)"):
-        arguments(encoder_dir, tmp_path, batch_size=0)
+        arguments(tiny_encoder_dir, tmp_path, batch_size=0)
     with pytest.raises(ConfigError, match=r"class_weighting: expected one of .* \(got 'max'\)"):
-        arguments(encoder_dir, tmp_path, class_weighting="max")
+        arguments(tiny_encoder_dir, tmp_path, class_weighting="max")
 
 
 def test_unknown_base_model_points_to_the_importer(tmp_path: Path) -> None:
@@ -252,8 +255,10 @@ def test_unknown_base_model_points_to_the_importer(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("runtime", ["torch-int8", "onnx", "onnx-int8"])
-def test_faster_runtimes_agree_with_fp32(encoder_dir: Path, tmp_path: Path, runtime: str) -> None:
-    engine = fit(arguments(encoder_dir, tmp_path / "out", epochs=3), handful())
+def test_faster_runtimes_agree_with_fp32(
+    tiny_encoder_dir: Path, tmp_path: Path, runtime: str
+) -> None:
+    engine = fit(arguments(tiny_encoder_dir, tmp_path / "out", epochs=3), handful())
     saved = engine.save(tmp_path / "model")
     fast = TransformerEngine.load(saved, {"runtime": runtime, "threads": 1})
     texts = [t for t, _, _ in ROWS]
@@ -264,7 +269,7 @@ def test_faster_runtimes_agree_with_fp32(encoder_dir: Path, tmp_path: Path, runt
 
 
 def test_cli_trains_a_transformer_the_pipeline_runs(
-    encoder_dir: Path, tiny_corpus: tuple[Path, Path], tmp_path: Path
+    tiny_encoder_dir: Path, tiny_corpus: tuple[Path, Path], tmp_path: Path
 ) -> None:
     train, dev = tiny_corpus
     out = tmp_path / "model"
@@ -275,7 +280,7 @@ def test_cli_trains_a_transformer_the_pipeline_runs(
             "--engine",
             "transformer",
             "--base-model",
-            str(encoder_dir),
+            str(tiny_encoder_dir),
             "--data",
             str(train),
             "--dev",

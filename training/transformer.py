@@ -1,11 +1,12 @@
 """Fine-tuning of the transformer engine: seeded, resumable, evaluated on dev every epoch.
 
-The loop keeps two checkpoints under ``<out_dir>/checkpoints``: ``best/`` (the model that
-scored best on dev so far) and ``last/`` (model, optimizer state and trainer state, written at
-the end of every epoch and every ``checkpoint_every_steps`` steps). Both are safetensors and
-JSON only. ``resume_from=<out_dir>/checkpoints/last`` continues an interrupted run exactly where
-it stopped: the data order of each epoch is a function of the seed and the epoch, and the
-random state for dropout is restored with the optimizer.
+The loop keeps the best epoch's weights (by dev score) in memory and, unless checkpoints are
+switched off, two checkpoints under ``<out_dir>/checkpoints``: ``best/`` (the model that scored
+best on dev so far) and ``last/`` (model, optimizer state and trainer state, written every
+``checkpoint_every_epochs`` epochs and every ``checkpoint_every_steps`` steps). Both are
+safetensors and JSON only. ``resume_from=<out_dir>/checkpoints/last`` continues an
+interrupted run exactly where it stopped: the data order of each epoch is a function of the
+seed and the epoch, and the random state for dropout is restored with the optimizer.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class TransformerTrainArguments:
     freeze_encoder: bool = False
     device: str = "auto"
     resume_from: Path | None = None
+    checkpoint_every_epochs: int = 1
     checkpoint_every_steps: int = 0
     keep_checkpoints: bool = False
     eval_batch_size: int = 64
@@ -113,7 +115,11 @@ class TransformerTrainArguments:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 fail(name, "a positive integer")
-        for name in ("early_stopping_patience", "checkpoint_every_steps"):
+        for name in (
+            "early_stopping_patience",
+            "checkpoint_every_epochs",
+            "checkpoint_every_steps",
+        ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 fail(name, "0 or a positive integer")
         for name in ("learning_rate", "head_learning_rate"):
@@ -158,6 +164,7 @@ class TransformerTrainArguments:
     def optimisation(self) -> dict[str, Any]:
         """The fields that decide the trained weights: a resumed run must share them."""
         skip = {"out_dir", "resume_from", "progress", "keep_checkpoints", "runtime", "device"}
+        skip |= {"checkpoint_every_epochs", "checkpoint_every_steps", "eval_batch_size"}
         chosen = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         normalised: dict[str, Any] = json.loads(json.dumps(chosen, default=str))
         return normalised
@@ -336,6 +343,7 @@ class Trainer:
         # With a frozen encoder the pooled vectors never change: compute them once.
         self.frozen_features = engine.pooled(rows.texts) if args.freeze_encoder else None
         self.evaluated: Engine = FrozenEncoderView(engine) if args.freeze_encoder else engine
+        self.best_weights: dict[str, Tensor] | None = None
 
     def learning_rate_factor(self, step: int) -> float:
         """Linear warm-up, then linear decay to zero at the last step."""
@@ -396,12 +404,12 @@ class Trainer:
             state.epoch, state.step_in_epoch = state.epoch + 1, 0
             self._end_of_epoch(state)
             state.train_seconds = time.perf_counter() - started
-            self.save_checkpoint(state)
+            every = self.args.checkpoint_every_epochs
+            if every and (state.epoch % every == 0 or state.epoch == self.args.epochs):
+                self.save_checkpoint(state)
         bar.close()
-        best = self.checkpoints / "best"
-        if state.best_epoch != state.epoch and (best / "config.json").is_file():
-            saved = TransformerEngine.load(best, {"device": self.args.device})
-            self.model.load_state_dict(saved.model.state_dict())
+        if self.best_weights is not None and state.best_epoch != state.epoch:
+            self.model.load_state_dict(self.best_weights)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return FitResult(self.engine, state, peak, self.evaluated)
 
@@ -431,7 +439,6 @@ class Trainer:
     def _end_of_epoch(self, state: TrainerState) -> None:
         record: dict[str, Any] = {"epoch": state.epoch, "step": state.global_step}
         if self.evaluate is None:
-            self.engine.save(self.checkpoints / "best")
             state.best_epoch = state.epoch
         else:
             score, metrics = self.evaluate(self.evaluated)
@@ -440,7 +447,11 @@ class Trainer:
             if state.best_score is None or score > state.best_score:
                 state.best_score, state.best_epoch = score, state.epoch
                 state.epochs_without_improvement = 0
-                self.engine.save(self.checkpoints / "best")
+                self.best_weights = {
+                    key: value.detach().clone() for key, value in self.model.state_dict().items()
+                }
+                if self.args.checkpoint_every_epochs or self.args.checkpoint_every_steps:
+                    self.engine.save(self.checkpoints / "best")
             else:
                 state.epochs_without_improvement += 1
             shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
@@ -501,6 +512,10 @@ class Trainer:
             {"state": optimizer_state, "param_groups": payload["param_groups"]}
         )
         torch.set_rng_state(tensors["rng.torch"])
+        best = checkpoint.parent / "best"
+        if (best / "config.json").is_file():
+            weights = TransformerEngine.load(best, {"device": self.args.device}).model.state_dict()
+            self.best_weights = {key: value.to(self.device) for key, value in weights.items()}
         return TrainerState(**payload["trainer"])
 
 
