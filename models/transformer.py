@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -39,6 +40,7 @@ ONNX_DIR = "onnx"
 POOLINGS = ("mean", "cls")
 RUNTIMES = ("torch", "torch-int8", "onnx", "onnx-int8")
 DEVICES = ("auto", "cpu", "cuda")
+MAX_DEFAULT_THREADS = 4
 IMPORT_HINT = (
     "Hugging Face hub downloads need network access; offline, pass a local checkpoint "
     "directory, e.g. the one `triage models import-e5` writes (multilingual-e5-small)"
@@ -95,9 +97,14 @@ class InferenceConfig:
     batch_size: int = 32
     # Sort texts by token count before batching, so each batch pads to similar lengths.
     length_bucketing: bool = True
-    # Threads for the CPU runtimes; 0 leaves the library default (all cores).
+    # Threads for the CPU runtimes; 0 means the usable cores, at most MAX_DEFAULT_THREADS
+    # (more threads than that mostly wait on each other for one small batch).
     threads: int = 0
     device: str = "auto"
+
+    @property
+    def thread_count(self) -> int:
+        return self.threads or min(MAX_DEFAULT_THREADS, len(os.sched_getaffinity(0)))
 
     def __post_init__(self) -> None:
         owner = "InferenceConfig"
@@ -114,7 +121,7 @@ class InferenceConfig:
             owner,
             "threads",
             self.threads,
-            "0 (library default) or a positive integer",
+            "0 (automatic) or a positive integer",
         )
         _check(self.device in DEVICES, owner, "device", self.device, f"one of {DEVICES}")
 
@@ -366,9 +373,8 @@ class TransformerEngine:
 
             path = export_onnx(self, self._directory, int8=self.inference.runtime == "onnx-int8")
             options = onnxruntime.SessionOptions()
-            if self.inference.threads:
-                options.intra_op_num_threads = self.inference.threads
-                options.inter_op_num_threads = 1
+            options.intra_op_num_threads = self.inference.thread_count
+            options.inter_op_num_threads = 1
             self._runner = onnxruntime.InferenceSession(
                 str(path), options, providers=["CPUExecutionProvider"]
             )
@@ -481,8 +487,7 @@ class TransformerEngine:
             )
         except RuntimeError as exc:
             raise ModelError(f"{heads_path}: heads do not match the config ({exc})") from exc
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
+        torch.set_num_threads(settings.thread_count)
         meta = {
             k: v
             for k, v in saved.items()

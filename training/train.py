@@ -231,14 +231,17 @@ def finish_training(
     started: float,
     log: Log,
     meta: dict[str, Any] | None = None,
+    scorer: Engine | None = None,
 ) -> TrainReport:
     """Tune thresholds and evaluate on dev (when given), then save: the last steps of every
-    engine's training."""
-    thresholds = tune_thresholds(engine, dev, taxonomy) if dev else Thresholds()
+    engine's training. ``scorer`` stands for ``engine`` on dev when it computes the same
+    probabilities faster (e.g. from encoder outputs it already holds)."""
+    scorer = scorer or engine
+    thresholds = tune_thresholds(scorer, dev, taxonomy) if dev else Thresholds()
     engine.meta.update({"name": model_name, "thresholds": asdict(thresholds)})
     metrics: dict[str, Any] = {}
     if dev:
-        metrics = evaluate_pipeline(TriagePipeline(engine, taxonomy), dev)
+        metrics = evaluate_pipeline(TriagePipeline(scorer, taxonomy), dev)
         key = key_metrics(metrics)
         log(
             f"dev: topic macro-F1 {key['topic_macro_f1']:.3f}, sentiment macro-F1 "

@@ -617,6 +617,7 @@ def train_transformer(
         data=data_summary(train_paths, args.dev_path, records, dev, len(reviews)),
         started=started,
         log=log,
+        scorer=result.evaluated,
         meta={
             "seed": args.seed,
             "training_arguments": args.non_defaults(),
