@@ -328,3 +328,24 @@ def test_default_service_never_imports_torch() -> None:
 def test_inference_config_is_validated() -> None:
     with pytest.raises(ConfigError, match=r"runtime: expected one of .* \(got 'tpu'\)"):
         InferenceConfig(runtime="tpu")
+
+
+def test_frozen_encoder_trains_heads_only(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    args = arguments(
+        tiny_encoder_dir, tmp_path / "out", freeze_encoder=True, epochs=30, head_learning_rate=0.05
+    )
+    untrained = new_engine(args, HEADS)
+    before = untrained.model.encoder.state_dict()
+    engine = fit(args, handful())
+    for key, value in engine.model.encoder.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    rows = handful()
+
+    def gold_log_probability(model: TransformerEngine) -> float:
+        probs = model.predict_proba(rows.texts)
+        return sum(
+            float(np.log(probs[head][np.arange(len(gold)), gold]).mean())
+            for head, gold in rows.labels.items()
+        )
+
+    assert gold_log_probability(engine) > gold_log_probability(untrained) + 0.5

@@ -356,18 +356,24 @@ class Trainer:
         """The row order of an epoch: a function of the seed and the epoch only."""
         return np.random.default_rng([self.args.seed, epoch]).permutation(len(self.rows.texts))
 
-    def batch(self, rows: np.ndarray[Any, Any]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def logits(self, rows: np.ndarray[Any, Any]) -> dict[str, Tensor]:
+        """Head logits of some training rows, from the held pooled vectors when the encoder is
+        frozen, else through the encoder (batch padded to its longest row)."""
+        if self.frozen_features is not None:
+            pooled = self.frozen_features[torch.from_numpy(rows)].to(self.device)
+            return {
+                name: head(self.model.dropout(pooled)) for name, head in self.model.heads.items()
+            }
         lengths = [len(self.token_ids[r]) for r in rows]
         input_ids = torch.full((len(rows), max(lengths)), self.engine.pad_id, dtype=torch.long)
         attention_mask = torch.zeros_like(input_ids)
         for i, (row, length) in enumerate(zip(rows, lengths, strict=True)):
             input_ids[i, :length] = torch.tensor(self.token_ids[row])
             attention_mask[i, :length] = 1
-        labels = {
-            head: torch.from_numpy(column[rows]).to(self.device)
-            for head, column in self.rows.labels.items()
-        }
-        return input_ids.to(self.device), attention_mask.to(self.device), labels
+        logits: dict[str, Tensor] = self.model(
+            input_ids.to(self.device), attention_mask.to(self.device)
+        )
+        return logits
 
     def fit(self) -> FitResult:
         state = TrainerState()
@@ -417,15 +423,11 @@ class Trainer:
         factor = self.learning_rate_factor(global_step)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * factor
-        input_ids, attention_mask, labels = self.batch(rows)
-        if self.frozen_features is None:
-            logits = self.model(input_ids, attention_mask)
-        else:
-            pooled = self.model.dropout(
-                self.frozen_features[torch.from_numpy(rows)].to(self.device)
-            )
-            logits = {name: head(pooled) for name, head in self.model.heads.items()}
-        loss = masked_loss(logits, labels, self.weights)
+        labels = {
+            head: torch.from_numpy(column[rows]).to(self.device)
+            for head, column in self.rows.labels.items()
+        }
+        loss = masked_loss(self.logits(rows), labels, self.weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
