@@ -24,7 +24,7 @@ from common import markdown_table, shared_datasets_dir, verdict, write_result
 from sentiment_shared import LABELS, Rows, accuracy, fit_sentiment, load_split
 from sklearn.model_selection import train_test_split
 
-from triage.models.ensemble import EnsembleEngine
+from triage.models.ensemble import CRITERIA, EnsembleEngine
 from triage.models.linear import HeadSpec, LinearConfig
 from triage.training.train import prepare_text
 from triage.training.transformer import (
@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--head-learning-rate", type=float, default=3e-3)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--text-prefix", default="query: ")
+    parser.add_argument("--ensemble-criterion", default="accuracy", choices=CRITERIA)
     parser.add_argument("--datasets", nargs="+", default=list(BASELINE), choices=list(BASELINE))
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--work-dir", type=Path, default=Path("bench/results/sentiment-models"))
@@ -117,6 +118,7 @@ def main() -> None:
             {"linear": linear, "transformer": transformer},
             [prepare_text(text) for text, _ in validation],
             {"sentiment": [label for _, label in validation]},
+            criterion=args.ensemble_criterion,
         )
         row = {
             "train": len(train),
@@ -158,7 +160,12 @@ def main() -> None:
     )
     out = write_result(
         "transformer_sentiment_finetuned" if args.fine_tune else "transformer_sentiment",
-        {"base_model": args.base_model, "fine_tune": args.fine_tune, "results": results},
+        {
+            "base_model": args.base_model,
+            "fine_tune": args.fine_tune,
+            "ensemble_criterion": args.ensemble_criterion,
+            "results": results,
+        },
     )
     print(f"wrote {out}")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from triage.engines import load_engine
 from triage.errors import ConfigError
-from triage.models.ensemble import EnsembleEngine
+from triage.models.ensemble import CRITERIA, EnsembleEngine
 from triage.models.linear import CONFIG_FILE
 from triage.taxonomy import load_taxonomy
 from triage.training.corpus import load_corpus, seed_corpus_path
@@ -25,6 +25,7 @@ class EnsembleTrainArguments:
     members: dict[str, Path]
     dev_path: Path = field(default_factory=lambda: seed_corpus_path("dev"))
     model_name: str = DEFAULT_MODEL_NAME
+    criterion: str = "accuracy"  # or "log_loss"; see models/ensemble.py
 
     def __post_init__(self) -> None:
         if len(self.members) < 2:
@@ -38,6 +39,11 @@ class EnsembleTrainArguments:
                     f"EnsembleTrainArguments.members.{name}: expected a saved model directory "
                     f"(got {str(path)!r}, no {CONFIG_FILE})"
                 )
+        if self.criterion not in CRITERIA:
+            raise ConfigError(
+                f"EnsembleTrainArguments.criterion: expected one of {CRITERIA} "
+                f"(got {self.criterion!r})"
+            )
         if not Path(self.dev_path).is_file():
             raise ConfigError(
                 f"EnsembleTrainArguments.dev_path: expected an existing file "
@@ -58,7 +64,9 @@ def train_ensemble(args: EnsembleTrainArguments, log: Log = lambda _: None) -> T
         "urgency": [taxonomy.urgency_ids.index(r.urgency) for r in dev],
         "complaint": [int(r.is_complaint) for r in dev],
     }
-    engine = EnsembleEngine.fit(members, [prepare_text(r.text) for r in dev], gold)
+    engine = EnsembleEngine.fit(
+        members, [prepare_text(r.text) for r in dev], gold, criterion=args.criterion
+    )
     for head, weights in engine.weights.items():
         log(f"weights {head}: " + ", ".join(f"{n} {w:.2f}" for n, w in weights.items()))
     data = {
