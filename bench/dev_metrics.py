@@ -9,15 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from common import markdown_table, seed_corpus, trained_default_model, verdict, write_result
 
+from triage.engines import Engine, load_engine
 from triage.evaluate import evaluate_pipeline
 from triage.pipeline import TriagePipeline
 from triage.taxonomy import load_taxonomy
-from triage.training.corpus import load_corpus, seed_corpus_path
+from triage.training.corpus import CorpusRecord, load_corpus, seed_corpus_path
 
 TARGETS = {"topic macro-F1": 0.85, "P1 recall": 0.95, "complaint F1": 0.92}
 
@@ -25,8 +27,12 @@ TARGETS = {"topic macro-F1": 0.85, "P1 recall": 0.95, "complaint F1": 0.92}
 def measure(model_dir: Path, dev_path: Path) -> dict[str, Any]:
     """Evaluate the model in ``model_dir`` on ``dev_path``."""
     taxonomy = load_taxonomy()
-    pipeline = TriagePipeline.from_directory(model_dir, taxonomy=taxonomy)
-    metrics = evaluate_pipeline(pipeline, load_corpus(dev_path, taxonomy))
+    return measure_engine(load_engine(model_dir), load_corpus(dev_path, taxonomy))
+
+
+def measure_engine(engine: Engine, records: Sequence[CorpusRecord]) -> dict[str, Any]:
+    """Evaluate an engine through the full pipeline (model and cues) on labeled records."""
+    metrics = evaluate_pipeline(TriagePipeline(engine), records)
     return {
         "heads": {
             head: {key: metrics[head][key] for key in ("accuracy", "macro_f1", "ece")}

