@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 from collections.abc import Sequence
+from dataclasses import fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,16 @@ _LIBRARIES = (
     "tokenizers",
     "onnxruntime",
 )
+
+
+def non_default_fields(config: Any) -> dict[str, Any]:
+    """The fields of a dataclass config that differ from its defaults: what a card lists."""
+    default = type(config)()
+    return {
+        f.name: getattr(config, f.name)
+        for f in fields(config)
+        if getattr(config, f.name) != getattr(default, f.name)
+    }
 
 
 def library_versions(names: Sequence[str] = _LIBRARIES) -> dict[str, str]:

@@ -11,7 +11,7 @@ import hashlib
 import json
 import zlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from safetensors.numpy import load_file, save_file
 from sklearn.linear_model import LogisticRegression
 
 from triage.errors import ConfigError, ModelError
-from triage.models.card import library_versions, write_model_card
+from triage.models.card import library_versions, non_default_fields, write_model_card
 from triage.text import Segmenter, segment
 
 FloatArray = NDArray[np.float32]
@@ -90,12 +90,7 @@ class LinearConfig:
             fail("class_weight", "'balanced' or null")
 
     def non_defaults(self) -> dict[str, Any]:
-        default = LinearConfig()
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if getattr(self, f.name) != getattr(default, f.name)
-        }
+        return non_default_fields(self)
 
 
 @dataclass(frozen=True)

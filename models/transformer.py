@@ -18,7 +18,7 @@ import json
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from triage.errors import ConfigError, ModelError
-from triage.models.card import library_versions, write_model_card
+from triage.models.card import library_versions, non_default_fields, write_model_card
 from triage.models.linear import CONFIG_FILE, FloatArray, HeadSpec
 
 FORMAT_VERSION = 1
@@ -81,12 +81,7 @@ class TransformerConfig:
         )
 
     def non_defaults(self) -> dict[str, Any]:
-        default = TransformerConfig()
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if getattr(self, f.name) != getattr(default, f.name)
-        }
+        return non_default_fields(self)
 
 
 @dataclass(frozen=True)
