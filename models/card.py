@@ -25,6 +25,22 @@ _LIBRARIES = (
 )
 
 
+class MetaIdentity:
+    """``name`` and ``version`` of an engine, read from its ``meta`` (``save`` sets the
+    version from the weights, so an unsaved engine says so)."""
+
+    meta: dict[str, Any]
+    default_name = "triage-model"
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", self.default_name))
+
+    @property
+    def version(self) -> str:
+        return str(self.meta.get("version", "unsaved"))
+
+
 def non_default_fields(config: Any) -> dict[str, Any]:
     """The fields of a dataclass config that differ from its defaults: what a card lists."""
     default = type(config)()

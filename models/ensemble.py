@@ -24,7 +24,7 @@ import numpy as np
 
 from triage.engines import Engine, load_engine
 from triage.errors import ConfigError, ModelError
-from triage.models.card import library_versions, write_model_card
+from triage.models.card import MetaIdentity, library_versions, write_model_card
 from triage.models.linear import CONFIG_FILE, FloatArray, HeadSpec
 
 FORMAT_VERSION = 1
@@ -75,10 +75,11 @@ def weight_grid(n_members: int, step: float = GRID_STEP) -> list[tuple[float, ..
     ]
 
 
-class EnsembleEngine:
+class EnsembleEngine(MetaIdentity):
     """Weighted average of member engines' probabilities. Members run on the same texts."""
 
     engine = "ensemble"
+    default_name = "triage-ensemble"
 
     def __init__(
         self,
@@ -97,14 +98,6 @@ class EnsembleEngine:
                 )
         self.weights = weights
         self.meta = dict(meta or {})
-
-    @property
-    def name(self) -> str:
-        return str(self.meta.get("name", "triage-ensemble"))
-
-    @property
-    def version(self) -> str:
-        return str(self.meta.get("version", "unsaved"))
 
     def predict_proba(self, texts: Sequence[str]) -> dict[str, FloatArray]:
         """Per head, the weighted average of the members' probabilities."""

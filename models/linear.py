@@ -23,7 +23,7 @@ from safetensors.numpy import load_file, save_file
 from sklearn.linear_model import LogisticRegression
 
 from triage.errors import ConfigError, ModelError
-from triage.models.card import library_versions, non_default_fields, write_model_card
+from triage.models.card import MetaIdentity, library_versions, non_default_fields, write_model_card
 from triage.text import Segmenter, segment
 
 FloatArray = NDArray[np.float32]
@@ -235,10 +235,11 @@ class Featurizer:
         return cls(config, idf[: unfitted.char_width], idf[unfitted.char_width :])
 
 
-class LinearEngine:
+class LinearEngine(MetaIdentity):
     """Linear heads over a shared featurizer. ``predict_proba`` is the only model call."""
 
     engine = "linear"
+    default_name = "triage-linear"
 
     def __init__(
         self,
@@ -263,14 +264,6 @@ class LinearEngine:
     @staticmethod
     def _width(spec: HeadSpec) -> int:
         return 1 if spec.activation == "sigmoid" else len(spec.labels)
-
-    @property
-    def name(self) -> str:
-        return str(self.meta.get("name", "triage-linear"))
-
-    @property
-    def version(self) -> str:
-        return str(self.meta.get("version", "unsaved"))
 
     def predict_proba(self, texts: Sequence[str]) -> dict[str, FloatArray]:
         """Probabilities per head, rows aligned with ``texts``; columns follow the head's labels."""

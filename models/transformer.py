@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from triage.errors import ConfigError, ModelError
-from triage.models.card import library_versions, non_default_fields, write_model_card
+from triage.models.card import MetaIdentity, library_versions, non_default_fields, write_model_card
 from triage.models.linear import CONFIG_FILE, FloatArray, HeadSpec
 
 FORMAT_VERSION = 1
@@ -204,10 +204,11 @@ class Batch:
     attention_mask: NDArrayInt
 
 
-class TransformerEngine:
+class TransformerEngine(MetaIdentity):
     """A multi-task transformer. ``predict_proba`` is the only call that runs the network."""
 
     engine = "transformer"
+    default_name = "triage-transformer"
 
     def __init__(
         self,
@@ -239,14 +240,6 @@ class TransformerEngine:
     @property
     def config(self) -> TransformerConfig:
         return self.model.config
-
-    @property
-    def name(self) -> str:
-        return str(self.meta.get("name", "triage-transformer"))
-
-    @property
-    def version(self) -> str:
-        return str(self.meta.get("version", "unsaved"))
 
     @classmethod
     def from_pretrained(

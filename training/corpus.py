@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
-from collections import Counter
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from triage.errors import ConfigError
-from triage.resources import describe_validation_error
+from triage.resources import load_jsonl_records
 from triage.taxonomy import Taxonomy
 
 
@@ -57,33 +55,9 @@ def _label_problems(record: CorpusRecord, taxonomy: Taxonomy) -> Iterable[str]:
 
 def load_corpus(path: Path, taxonomy: Taxonomy) -> list[CorpusRecord]:
     """Read and validate a corpus file; every problem is reported as ``file:line: key: ...``."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
-    records, problems, seen = [], [], Counter[str]()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = CorpusRecord.model_validate(json.loads(line))
-        except json.JSONDecodeError as exc:
-            problems.append(f"{where}: not valid JSON ({exc.msg})")
-            continue
-        except ValidationError as exc:
-            problems.append(describe_validation_error(where, exc))
-            continue
-        problems += [f"{where}: {problem}" for problem in _label_problems(record, taxonomy)]
-        seen[record.id] += 1
-        if seen[record.id] == 2:
-            problems.append(f"{where}: id: expected unique ids (got duplicate {record.id!r})")
-        records.append(record)
-    if problems:
-        shown = problems[:20] + (
-            [f"... and {len(problems) - 20} more"] if len(problems) > 20 else []
-        )
-        raise ConfigError("\n".join(shown))
+    records = load_jsonl_records(
+        path, CorpusRecord, lambda record: _label_problems(record, taxonomy)
+    )
     if not records:
         raise ConfigError(f"{path}: expected at least one record (the file is empty)")
     return records

@@ -8,18 +8,16 @@ train the ``situation`` head of the linear engine, together with the bank's own 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from triage.errors import ConfigError
 from triage.models.linear import HeadData
 from triage.replies import TemplateBank, load_template_bank, situation_label
-from triage.resources import describe_validation_error
+from triage.resources import load_jsonl_records
 from triage.taxonomy import Taxonomy
 from triage.training.corpus import CorpusRecord
 
@@ -86,40 +84,16 @@ def load_situation_labels(
     must name one of its messages, with the same topic. With ``partial`` (training on part of a
     corpus) labels of other messages are dropped instead. Every problem is reported as
     ``file:line: key: expected ... (got ...)``."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     known: dict[str, set[str]] = {}
     for topic, situation in bank.situations():
         known.setdefault(topic, set()).add(situation)
     by_id = None if records is None else {r.id: r for r in records}
-    labels, problems, seen = [], [], Counter[str]()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            label = SituationLabel.model_validate(json.loads(line))
-        except json.JSONDecodeError as exc:
-            problems.append(f"{where}: not valid JSON ({exc.msg})")
-            continue
-        except ValidationError as exc:
-            problems.append(describe_validation_error(where, exc))
-            continue
-        if partial and by_id is not None and label.id not in by_id:
-            continue
-        problems += [f"{where}: {problem}" for problem in _problems(label, known, by_id)]
-        seen[label.id] += 1
-        if seen[label.id] == 2:
-            problems.append(f"{where}: id: expected unique ids (got duplicate {label.id!r})")
-        labels.append(label)
-    if problems:
-        shown = problems[:20] + (
-            [f"... and {len(problems) - 20} more"] if len(problems) > 20 else []
-        )
-        raise ConfigError("\n".join(shown))
-    return labels
+    return load_jsonl_records(
+        path,
+        SituationLabel,
+        lambda label: _problems(label, known, by_id),
+        keep=lambda label: not (partial and by_id is not None and label.id not in by_id),
+    )
 
 
 def situation_head_labels(bank: TemplateBank) -> list[str]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
+from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -71,3 +73,47 @@ def validate_data(source: str, data: Any, schema: type[ModelT]) -> ModelT:
 def load_data_file(path: Path, schema: type[ModelT]) -> ModelT:
     """Read and validate one configuration file."""
     return validate_data(str(path), read_structured_file(path), schema)
+
+
+def load_jsonl_records(
+    path: Path,
+    model: type[ModelT],
+    problems_of: Callable[[ModelT], Iterable[str]],
+    keep: Callable[[ModelT], bool] = lambda _: True,
+) -> list[ModelT]:
+    """Every non-blank line of a JSON-lines file validated as ``model`` (which has an ``id``),
+    skipping those ``keep`` rejects. All problems, ``problems_of`` each record and duplicate ids
+    included, are reported together as ``file:line: key: ...`` in one :class:`ConfigError`."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    records: list[ModelT] = []
+    problems: list[str] = []
+    seen = Counter[str]()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = model.model_validate(json.loads(line))
+        except json.JSONDecodeError as exc:
+            problems.append(f"{where}: not valid JSON ({exc.msg})")
+            continue
+        except ValidationError as exc:
+            problems.append(describe_validation_error(where, exc))
+            continue
+        if not keep(record):
+            continue
+        problems += [f"{where}: {problem}" for problem in problems_of(record)]
+        record_id = str(getattr(record, "id"))  # noqa: B009 (any model with an id field)
+        seen[record_id] += 1
+        if seen[record_id] == 2:
+            problems.append(f"{where}: id: expected unique ids (got duplicate {record_id!r})")
+        records.append(record)
+    if problems:
+        shown = problems[:20] + (
+            [f"... and {len(problems) - 20} more"] if len(problems) > 20 else []
+        )
+        raise ConfigError("\n".join(shown))
+    return records
