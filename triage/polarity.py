@@ -61,11 +61,14 @@ class PolarityLexicon(BaseModel):
 
     def find(self, text: str) -> list[PolarityHit]:
         """Every lexicon word in ``text`` (already lower-cased), in order of appearance."""
+        matches = list(self._matcher.finditer(text))
+        if not matches:
+            return []
         covered = (
             [(m.start(), m.end()) for m in self._ignored.finditer(text)] if self._ignored else []
         )
         hits = []
-        for match in self._matcher.finditer(text):
+        for match in matches:
             if any(start <= match.start() < end for start, end in covered):
                 continue
             negated = self.negation.negates(text, match.start())
