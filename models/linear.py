@@ -24,11 +24,14 @@ from sklearn.linear_model import LogisticRegression
 
 from triage.errors import ConfigError, ModelError
 from triage.models.card import MetaIdentity, library_versions, non_default_fields, write_model_card
+from triage.polarity import PolarityLexicon, load_polarity_lexicon
 from triage.text import Segmenter, segment
 
 FloatArray = NDArray[np.float32]
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+# The lexicon a model's polarity features were counted with, saved beside its weights.
+LEXICON_FILE = "polarity_lexicon.json"
 FORMAT_VERSION = 2
 
 
@@ -54,6 +57,10 @@ class LinearConfig:
     )
     class_weight: str | None = "balanced"
     max_iter: int = 3000
+    # Two extra word-block features: hits of positive and of negative words of the polarity
+    # lexicon (triage/data/polarity_lexicon.yaml), negation-aware; see triage/polarity.py.
+    # Models saved before this option existed load with it off.
+    polarity_lexicon: bool = True
 
     def __post_init__(self) -> None:
         def fail(name: str, expected: str) -> None:
@@ -88,6 +95,8 @@ class LinearConfig:
             fail("regularization_c", "positive values")
         if self.class_weight not in (None, "balanced"):
             fail("class_weight", "'balanced' or null")
+        if not isinstance(self.polarity_lexicon, bool):
+            fail("polarity_lexicon", "true or false")
 
     def non_defaults(self) -> dict[str, Any]:
         return non_default_fields(self)
@@ -157,11 +166,20 @@ class Featurizer:
     """Text → L2-normalised TF-IDF rows over hashed char and word n-grams.
 
     Hashing is vectorised over a whole batch with NumPy and is the same on every platform and
-    process (no use of Python's randomised ``hash``): a saved model needs no vocabulary.
+    process (no use of Python's randomised ``hash``): a saved model needs no vocabulary. With
+    ``config.polarity_lexicon`` the word block also counts the lexicon's positive and negative
+    hits, as two pseudo-words (the shipped lexicon unless ``lexicon`` is given).
     """
 
-    def __init__(self, config: LinearConfig, idf_char: FloatArray, idf_word: FloatArray):
+    def __init__(
+        self,
+        config: LinearConfig,
+        idf_char: FloatArray,
+        idf_word: FloatArray,
+        lexicon: PolarityLexicon | None = None,
+    ):
         self.config = config
+        self.lexicon = (lexicon or load_polarity_lexicon()) if config.polarity_lexicon else None
         self.segmenter = Segmenter(config.segmenter)
         self.idf_char = idf_char
         self.idf_word = idf_word
@@ -201,6 +219,10 @@ class Featurizer:
         word_rows, word_columns = _hashed_ngrams(
             word_codes, word_owners, range(1, self.config.word_ngram_max + 1), self.word_width
         )
+        if self.lexicon is not None:
+            lexicon_rows, lexicon_columns = self._lexicon_hits(lowered)
+            word_rows = np.concatenate([word_rows, lexicon_rows])
+            word_columns = np.concatenate([word_columns, lexicon_columns])
         keys = np.concatenate([char_rows, word_rows]) * self.n_features + np.concatenate(
             [char_columns, word_columns + self.char_width]
         )
@@ -209,6 +231,21 @@ class Featurizer:
         indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(texts)))])
         return SparseRows(
             indptr, unique_keys % self.n_features, counts.astype(np.float32), self.n_features
+        )
+
+    def _lexicon_hits(self, lowered: Sequence[str]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """(row, word column) of each polarity-lexicon hit, one pseudo-word per polarity."""
+        assert self.lexicon is not None
+        codes = {
+            True: self._token_code("\x00polarity:positive"),
+            False: self._token_code("\x00polarity:negative"),
+        }
+        hits = [[codes[hit.positive] for hit in self.lexicon.find(t)] for t in lowered]
+        return _hashed_ngrams(
+            np.fromiter((c for row in hits for c in row), dtype=np.uint64),
+            np.repeat(np.arange(len(lowered)), [len(row) for row in hits]),
+            range(1, 2),
+            self.word_width,
         )
 
     def weighted(self, texts: Sequence[str]) -> SparseRows:
@@ -225,14 +262,16 @@ class Featurizer:
         return self.weighted(texts).to_csr()
 
     @classmethod
-    def fit(cls, config: LinearConfig, texts: Sequence[str]) -> Featurizer:
-        unfitted = cls(config, np.ones(1, np.float32), np.ones(1, np.float32))
+    def fit(
+        cls, config: LinearConfig, texts: Sequence[str], lexicon: PolarityLexicon | None = None
+    ) -> Featurizer:
+        unfitted = cls(config, np.ones(1, np.float32), np.ones(1, np.float32), lexicon)
         counts = unfitted.counts(texts)
         document_frequency = np.bincount(counts.columns, minlength=unfitted.n_features)
         n_documents = len(texts)
         smoothed: FloatArray = np.log((1 + n_documents) / (1 + document_frequency)) + 1
         idf = smoothed.astype(np.float32)
-        return cls(config, idf[: unfitted.char_width], idf[unfitted.char_width :])
+        return cls(config, idf[: unfitted.char_width], idf[unfitted.char_width :], unfitted.lexicon)
 
 
 class LinearEngine(MetaIdentity):
@@ -369,9 +408,16 @@ class LinearEngine(MetaIdentity):
             tensors[f"heads.{name}.bias"] = np.ascontiguousarray(self.biases[part])
         weights_path = directory / WEIGHTS_FILE
         save_file(tensors, str(weights_path))
+        lexicon = self.featurizer.lexicon
+        if lexicon is not None:
+            (directory / LEXICON_FILE).write_text(
+                lexicon.model_dump_json(indent=2) + "\n", encoding="utf-8"
+            )
         self.meta.update(meta or {})
         # The version identifies behaviour: the weights and the decision thresholds.
         digest = hashlib.sha256(weights_path.read_bytes())
+        if lexicon is not None:
+            digest.update((directory / LEXICON_FILE).read_bytes())
         digest.update(json.dumps(self.meta.get("thresholds", {}), sort_keys=True).encode())
         self.meta["version"] = digest.hexdigest()[:12]
         config = {
@@ -416,14 +462,31 @@ class LinearEngine(MetaIdentity):
                 f"{config_path}: expected engine 'linear' format {FORMAT_VERSION} (got {got!r})"
             )
         try:
-            return cls._from_saved(saved, tensors)
+            config = LinearConfig(**{"polarity_lexicon": False, **saved["features"]})
+            lexicon = cls._saved_lexicon(directory) if config.polarity_lexicon else None
+            return cls._from_saved(config, saved, tensors, lexicon)
         except (KeyError, TypeError, ValueError, IndexError, ConfigError) as exc:
             raise ModelError(f"{directory}: incomplete or inconsistent model ({exc!r})") from exc
 
+    @staticmethod
+    def _saved_lexicon(directory: Path) -> PolarityLexicon:
+        """The lexicon the model was trained with (not the shipped one, which may have changed)."""
+        path = directory / LEXICON_FILE
+        if not path.is_file():
+            raise ModelError(f"{directory}: {LEXICON_FILE} missing (the config uses the lexicon)")
+        return load_polarity_lexicon(path)
+
     @classmethod
-    def _from_saved(cls, saved: dict[str, Any], tensors: dict[str, FloatArray]) -> LinearEngine:
-        config = LinearConfig(**saved["features"])
-        featurizer = Featurizer(config, tensors["features.char.idf"], tensors["features.word.idf"])
+    def _from_saved(
+        cls,
+        config: LinearConfig,
+        saved: dict[str, Any],
+        tensors: dict[str, FloatArray],
+        lexicon: PolarityLexicon | None,
+    ) -> LinearEngine:
+        featurizer = Featurizer(
+            config, tensors["features.char.idf"], tensors["features.word.idf"], lexicon
+        )
         heads = {name: HeadSpec(**spec) for name, spec in saved["heads"].items()}
         blocks, biases = [], []
         for name in heads:

@@ -15,6 +15,7 @@ from triage.cues import CueLexicon, load_cue_lexicon
 from triage.errors import ConfigError
 from triage.followups import load_followup_lexicon
 from triage.models.e5_import import parity_sentences
+from triage.polarity import load_polarity_lexicon
 from triage.replies import (
     load_product_lexicon,
     load_situation_keywords,
@@ -40,6 +41,7 @@ LOADERS: dict[str, Callable[[Path], object]] = {
         load_taxonomy(), load_cue_lexicon(load_taxonomy()).kinds, path
     ),
     "followups.yaml": load_followup_lexicon,
+    "polarity_lexicon.yaml": load_polarity_lexicon,
 }
 
 

@@ -26,8 +26,9 @@ TEXTS = [
 TOPICS = ["logistics"] * 3 + ["refund"] * 3 + ["praise"] * 2
 SENTIMENTS = ["negative"] * 6 + ["positive"] * 2
 COMPLAINTS = ["yes"] * 6 + ["no"] * 2
-# Sentiment-only rows: characters that occur in no topic or complaint row.
-SENTIMENT_ONLY = ["嗯嗯哦哦", "棒棒哒耶"]
+# Sentiment-only rows: characters that occur in no topic or complaint row, and no word of the
+# polarity lexicon.
+SENTIMENT_ONLY = ["嗯嗯哦哦", "耶耶哒哒"]
 SENTIMENT_ONLY_LABELS = ["neutral", "positive"]
 
 LABEL_SETS = {
@@ -218,7 +219,7 @@ def test_char_segmenter_config_fits_too():
 
 def test_save_writes_config_weights_and_card_and_no_pickle(saved):
     names = sorted(p.name for p in saved.iterdir())
-    assert names == ["README.md", "config.json", "model.safetensors"]
+    assert names == ["README.md", "config.json", "model.safetensors", "polarity_lexicon.json"]
     for path in saved.rglob("*"):
         assert path.suffix not in {".pkl", ".pickle", ".joblib", ".npy", ".npz", ".pt"}
         # The pickle protocol 2+ header; safetensors files start with a little-endian length.

@@ -10,7 +10,7 @@ import pytest
 
 from triage.engines import Engine
 from triage.errors import InputError, ModelError
-from triage.models.linear import FloatArray, HeadData, LinearConfig, LinearEngine
+from triage.models.linear import FloatArray, HeadData, HeadSpec, LinearConfig, LinearEngine
 from triage.pipeline import TriagePipeline
 from triage.schemas import Customer, Message, TriageResult
 from triage.taxonomy import Taxonomy, load_taxonomy
@@ -304,3 +304,54 @@ def test_model_without_a_head_raises_model_error(small_pipeline):
     )
     with pytest.raises(ModelError, match="complaint"):
         TriagePipeline(engine, taxonomy)
+
+
+# --- polar heads weighed by genre ------------------------------------------------------------
+
+
+class _WithPolarHeads:
+    """Wraps an engine and adds a polarity and a genre head with fixed probabilities."""
+
+    engine = "with-polar-heads"
+
+    def __init__(
+        self, base: Engine, p_positive: float, p_message: float, genre: list[str] | None = None
+    ) -> None:
+        self.base, self.meta = base, base.meta
+        self.name, self.version = base.name, base.version
+        self.rows = {"polarity": [1 - p_positive, p_positive], "genre": [p_message, 1 - p_message]}
+        self.heads = {
+            **base.heads,
+            "polarity": HeadSpec(["negative", "positive"], "sigmoid"),
+            "genre": HeadSpec(genre or ["message", "review"], "sigmoid"),
+        }
+
+    def predict_proba(self, texts: Sequence[str]) -> dict[str, FloatArray]:
+        probs = self.base.predict_proba(texts)
+        for head, row in self.rows.items():
+            probs[head] = np.tile(np.array(row, np.float32), (len(texts), 1))
+        return probs
+
+
+def _sentiment_scores(pipeline: TriagePipeline, p_positive: float, p_message: float) -> Any:
+    engine = _WithPolarHeads(pipeline.engine, p_positive, p_message)
+    results = TriagePipeline(engine, pipeline.taxonomy)(BATCH)
+    own = pipeline.engine.predict_proba([r.masked_text for r in results])["sentiment"]
+    return results, own, pipeline.engine.heads["sentiment"].labels
+
+
+@pytest.mark.parametrize("p_message", [0.0, 0.3, 1.0])
+def test_genre_weighs_the_sentiment_head_against_the_polarity_head(small_pipeline, p_message):
+    results, own, labels = _sentiment_scores(small_pipeline, 0.9, p_message)
+    for result, row in zip(results, own, strict=True):
+        p = dict(zip(labels, row, strict=True))
+        polar = p["negative"] + p["positive"]
+        share = p_message * p["positive"] / polar + (1 - p_message) * 0.9
+        assert result.sentiment_scores["positive"] == pytest.approx(polar * share, abs=1e-3)
+        assert result.sentiment_scores["neutral"] == pytest.approx(p["neutral"], abs=1e-3)
+
+
+def test_genre_labels_mismatch_raises_model_error(small_pipeline):
+    engine = _WithPolarHeads(small_pipeline.engine, 0.5, 0.5, genre=["review", "message"])
+    with pytest.raises(ModelError, match="genre labels"):
+        TriagePipeline(engine, small_pipeline.taxonomy)

@@ -18,7 +18,7 @@ from triage.errors import ConfigError
 from triage.evaluate import evaluate_pipeline
 from triage.models.linear import HeadData, LinearConfig, LinearEngine
 from triage.pii import mask_pii
-from triage.pipeline import HEADS, POLARITY_LABELS, Thresholds, TriagePipeline
+from triage.pipeline import GENRE_LABELS, HEADS, POLARITY_LABELS, Thresholds, TriagePipeline
 from triage.taxonomy import Taxonomy, load_taxonomy
 from triage.text import normalize
 from triage.training.corpus import CorpusRecord, check_disjoint, load_corpus, seed_corpus_path
@@ -145,6 +145,7 @@ def label_sets(taxonomy: Taxonomy) -> dict[str, list[str]]:
     """The label order of every head, from the taxonomy."""
     return {
         "polarity": list(POLARITY_LABELS),
+        "genre": list(GENRE_LABELS),
         "topic": taxonomy.topic_ids,
         "sentiment": taxonomy.sentiments,
         "urgency": taxonomy.urgency_ids,
@@ -159,7 +160,9 @@ def _head_data(
     review_weight: float,
 ) -> dict[str, HeadData]:
     """Rows per head. The review sentences train only the polarity head (positive vs negative),
-    so they never shift where the sentiment head draws the line to neutral."""
+    so they never shift where the sentiment head draws the line to neutral, and the genre head,
+    which tells them from customer messages (the pipeline trusts each polar head in the genre
+    it learned from)."""
     heads = {
         "topic": HeadData(texts, [r.topic for r in records]),
         "sentiment": HeadData(texts, [r.sentiment for r in records]),
@@ -176,6 +179,10 @@ def _head_data(
             [t for t, _ in polar] + [t for t, _ in reviews],
             [label for _, label in polar] + [label for _, label in reviews],
             [1.0] * len(polar) + [review_weight] * len(reviews),
+        )
+        message, review = GENRE_LABELS
+        heads["genre"] = HeadData(
+            [*texts, *(t for t, _ in reviews)], [message] * len(texts) + [review] * len(reviews)
         )
     return heads
 

@@ -31,7 +31,7 @@ def _numeric_literal(term: str) -> str:
     return pattern
 
 
-def _trie_pattern(terms: list[str]) -> str:
+def trie_pattern(terms: list[str]) -> str:
     """One regex for many literal terms, factored by common prefixes.
 
     Python's ``re`` tries alternatives one by one at every position; a prefix trie lets it
@@ -61,7 +61,7 @@ def _kind_pattern(terms: list[str], patterns: list[str]) -> str:
     lowered = sorted({t.lower() for t in terms})
     numeric = [t for t in lowered if t[:1].isdigit() or t[-1:].isdigit()]
     plain = [t for t in lowered if t not in numeric]
-    alternatives = ([_trie_pattern(plain)] if plain else []) + [
+    alternatives = ([trie_pattern(plain)] if plain else []) + [
         _numeric_literal(t) for t in sorted(numeric, key=len, reverse=True)
     ]
     return "|".join(alternatives + patterns)

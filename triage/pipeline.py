@@ -23,6 +23,9 @@ from triage.text import normalize
 HEADS = ("topic", "sentiment", "urgency", "complaint")
 # An optional head that separates positive from negative only; see ``_sentiment_probabilities``.
 POLARITY_LABELS = ("negative", "positive")
+# An optional head that tells customer messages from product reviews (the polarity head's extra
+# training rows); with it, the pipeline weighs the two polar heads by genre.
+GENRE_LABELS = ("message", "review")
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,8 @@ class Thresholds:
     top_urgency_probability: float = 0.25
     # How much of the positive/negative split comes from the sentiment head (trained on
     # customer messages) rather than the polarity head (which also learned from product
-    # reviews). 0.5 keeps both in-domain macro-F1 and out-of-domain review accuracy (see
+    # reviews), for a model without a genre head; with one, the share is P(message) instead.
+    # 0.5 keeps both in-domain macro-F1 and out-of-domain review accuracy (see
     # docs/model.md for the measured trade-off).
     polarity_blend: float = 0.5
     complaint: float = 0.5
@@ -106,12 +110,13 @@ class TriagePipeline:
         for head in HEADS:
             if head not in self.engine.heads:
                 raise ModelError(f"model {self.engine.name!r} has no {head!r} head")
-        polarity = self.engine.heads.get("polarity")
-        if polarity is not None and tuple(polarity.labels) != POLARITY_LABELS:
-            raise ModelError(
-                f"model {self.engine.name!r}: polarity labels {polarity.labels} are not "
-                f"{list(POLARITY_LABELS)}"
-            )
+        for optional, known in (("polarity", POLARITY_LABELS), ("genre", GENRE_LABELS)):
+            spec = self.engine.heads.get(optional)
+            if spec is not None and tuple(spec.labels) != known:
+                raise ModelError(
+                    f"model {self.engine.name!r}: {optional} labels {spec.labels} are not "
+                    f"{list(known)}"
+                )
         for head, labels in expected.items():
             if self.engine.heads[head].labels != labels:
                 raise ModelError(
@@ -248,7 +253,9 @@ class TriagePipeline:
     def _sentiment_probabilities(self, probs: dict[str, FloatArray]) -> FloatArray:
         """The sentiment head decides how likely the message is neutral. When the model also
         has a polarity head (trained with review sentences too), the rest is split between
-        positive and negative by a blend of both heads (``Thresholds.polarity_blend``)."""
+        positive and negative by a blend of both heads: weighted by the genre head's
+        P(message) when there is one (a review is judged mostly by the head that learned from
+        reviews), else by ``Thresholds.polarity_blend``."""
         sentiment = probs["sentiment"]
         if "polarity" not in probs:
             return sentiment
@@ -256,7 +263,7 @@ class TriagePipeline:
         negative, positive = labels.index("negative"), labels.index("positive")
         polar_mass = sentiment[:, negative] + sentiment[:, positive]
         own_share = sentiment[:, positive] / np.maximum(polar_mass, 1e-9)
-        blend = self.thresholds.polarity_blend
+        blend = probs["genre"][:, 0] if "genre" in probs else self.thresholds.polarity_blend
         positive_share = blend * own_share + (1.0 - blend) * probs["polarity"][:, 1]
         combined = sentiment.copy()
         combined[:, negative] = polar_mass * (1.0 - positive_share)

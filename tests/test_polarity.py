@@ -1,0 +1,171 @@
+"""The polarity lexicon: hits, negation, ignored words, validation, and the engine feature."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from triage.errors import ConfigError, ModelError
+from triage.models.linear import LEXICON_FILE, Featurizer, HeadData, LinearConfig, LinearEngine
+from triage.polarity import PolarityLexicon, load_polarity_lexicon
+
+SMALL = LinearConfig(char_features_log2=12, word_features_log2=12)
+
+
+def _polarities(lexicon: PolarityLexicon, text: str) -> list[tuple[str, bool]]:
+    return [(hit.text, hit.positive) for hit in lexicon.find(text)]
+
+
+@pytest.fixture(scope="module")
+def lexicon() -> PolarityLexicon:
+    return load_polarity_lexicon()
+
+
+def test_positive_and_negative_words_are_found_in_order(lexicon):
+    assert _polarities(lexicon, "房间干净，但是太吵了") == [("干净", True), ("吵", False)]
+
+
+def test_negation_in_the_same_clause_flips_the_polarity(lexicon):
+    hits = lexicon.find("交通不太方便")
+    assert [(h.text, h.positive, h.negated) for h in hits] == [("方便", False, True)]
+    assert _polarities(lexicon, "价格不贵") == [("贵", True)]
+
+
+def test_negation_does_not_reach_across_a_clause_end(lexicon):
+    assert _polarities(lexicon, "没有，满意") == [("满意", True)]
+
+
+def test_longer_words_in_the_ignore_list_hide_their_terms(lexicon):
+    assert lexicon.find("这次出差住了三天，差不多") == []
+    assert _polarities(lexicon, "出差三天，服务很差") == [("差", False)]
+
+
+def test_longest_term_wins(lexicon):
+    assert _polarities(lexicon, "性价比高") == [("性价比高", True)]
+
+
+def _write(tmp_path: Path, data: Mapping[str, object]) -> Path:
+    path = tmp_path / "polarity_lexicon.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def test_a_word_in_both_lists_is_rejected_naming_the_file_and_word(tmp_path):
+    data = {"negation": {"window": 2, "words": ["不"]}, "positive": ["好"], "negative": ["好"]}
+    path = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as caught:
+        load_polarity_lexicon(path)
+    assert str(path) in str(caught.value) and "'好'" in str(caught.value)
+
+
+def test_an_empty_word_list_is_rejected_naming_the_key(tmp_path):
+    data = {"negation": {"window": 2, "words": ["不"]}, "positive": [], "negative": ["差"]}
+    with pytest.raises(ConfigError, match="positive"):
+        load_polarity_lexicon(_write(tmp_path, data))
+
+
+# --- the engine feature ----------------------------------------------------------------------
+
+
+def _lexicon_columns(config: LinearConfig, text: str) -> set[int]:
+    """Word-block columns of ``text`` that exist only because of the lexicon."""
+    with_lexicon = Featurizer(config, np.ones(1, np.float32), np.ones(1, np.float32))
+    without = Featurizer(
+        LinearConfig(**{**config.__dict__, "polarity_lexicon": False}),
+        np.ones(1, np.float32),
+        np.ones(1, np.float32),
+    )
+    return set(with_lexicon.counts([text]).columns) - set(without.counts([text]).columns)
+
+
+def test_lexicon_hits_add_one_feature_per_polarity():
+    assert len(_lexicon_columns(SMALL, "很满意，很方便")) == 1  # both positive
+    assert len(_lexicon_columns(SMALL, "很满意，但是很吵")) == 2
+    assert _lexicon_columns(SMALL, "请问几点发货") == set()
+    # A negated positive word counts as negative: the same column as a negative word.
+    assert _lexicon_columns(SMALL, "不方便啊") == _lexicon_columns(SMALL, "很失望啊")
+
+
+def test_the_option_is_validated_quoting_the_value():
+    with pytest.raises(ConfigError, match=r"polarity_lexicon: expected true or false \(got 1\)"):
+        LinearConfig(polarity_lexicon=1)  # type: ignore[arg-type]
+
+
+TEXTS = ["很满意", "非常方便", "很失望", "太吵了", "质量不错", "真糟糕"]
+LABELS = ["positive", "positive", "negative", "negative", "positive", "negative"]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    engine = LinearEngine.fit(
+        SMALL, {"polarity": HeadData(TEXTS, LABELS)}, {"polarity": ["negative", "positive"]}
+    )
+    return engine.save(tmp_path_factory.mktemp("lexicon") / "model")
+
+
+def test_the_lexicon_is_saved_with_the_model_and_used_on_load(saved, tmp_path):
+    assert load_polarity_lexicon(saved / LEXICON_FILE) == load_polarity_lexicon()
+    # Drop every negative word from the saved copy: the loaded model must count with it.
+    changed = tmp_path / "changed"
+    shutil.copytree(saved, changed)
+    data = json.loads((changed / LEXICON_FILE).read_text(encoding="utf-8"))
+    data["negative"] = ["某某某"]
+    (changed / LEXICON_FILE).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    text = ["新的一句很失望"]
+    assert not np.array_equal(
+        LinearEngine.load(changed).predict_proba(text)["polarity"],
+        LinearEngine.load(saved).predict_proba(text)["polarity"],
+    )
+
+
+def test_a_model_without_its_lexicon_file_is_rejected_naming_it(saved, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(saved, broken)
+    (broken / LEXICON_FILE).unlink()
+    with pytest.raises(ModelError, match=LEXICON_FILE):
+        LinearEngine.load(broken)
+
+
+def test_a_model_saved_before_the_option_existed_loads_without_lexicon(saved, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(saved, old)
+    config = json.loads((old / "config.json").read_text(encoding="utf-8"))
+    del config["features"]["polarity_lexicon"]
+    (old / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    (old / LEXICON_FILE).unlink()
+    assert LinearEngine.load(old).config.polarity_lexicon is False
+
+
+# --- training: review sentences train the polarity and genre heads ---------------------------
+
+REVIEWS = [
+    ("这本书的故事很精彩，推荐阅读", "positive"),
+    ("这款笔记本做工精致，屏幕清晰", "positive"),
+    ("作者写得太啰嗦，看完很失望", "negative"),
+    ("键盘手感差，散热也不好", "negative"),
+] * 5
+
+
+def test_training_with_reviews_adds_polarity_and_genre_heads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, small_train_file: Path
+) -> None:
+    import triage.training.train as train
+
+    monkeypatch.setattr(train, "load_review_sentences", lambda: REVIEWS)
+    out = tmp_path / "model"
+    train.train_linear(
+        train.TrainArguments(
+            out_dir=out, train_path=small_train_file, dev_path=None, situation_labels_path=None
+        )
+    )
+    engine = LinearEngine.load(out)
+    assert engine.heads["polarity"].labels == ["negative", "positive"]
+    assert engine.heads["genre"].labels == ["message", "review"]
+    genre = engine.predict_proba([REVIEWS[0][0], "我的快递到哪了，三天还没到"])["genre"]
+    assert genre[0, 1] > 0.5 > genre[1, 1]
