@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from triage import __version__
+from triage.api.batching import MicroBatcher
 from triage.api.errors import add_error_handlers
 from triage.api.middleware import RequestLogMiddleware
 from triage.api.routes import router
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.pipeline = None
     app.state.tickets = None
+    app.state.batcher = MicroBatcher(settings.micro_batch_max_items)
     app.add_middleware(RequestLogMiddleware)
     add_error_handlers(app)
     app.include_router(router)
