@@ -163,10 +163,14 @@ class ExampleIndex(SimilarityIndex):
     def example_scores(self, text: str) -> Scores:
         """Cosine of the message with each example."""
         vector = np.zeros(len(self.vocabulary))
-        for gram, count in char_bigrams(text).items():
-            column = self.vocabulary.get(gram)
-            if column is not None:
-                vector[column] = count * self.idf[column]
+        known = [
+            (column, count)
+            for gram, count in char_bigrams(text).items()
+            if (column := self.vocabulary.get(gram)) is not None
+        ]
+        if known:
+            columns, counts = zip(*known, strict=True)
+            vector[list(columns)] = np.array(counts) * self.idf[list(columns)]
         norm = float(np.linalg.norm(vector))
         if not norm:
             return np.zeros(len(self.owners))
@@ -341,6 +345,11 @@ class ReplySuggester:
             [[s in t.slots.required for s in self._required_slots] for t in self._templates],
             dtype=bool,
         ).reshape(len(self._templates), len(self._required_slots))
+        self._all_positions = np.arange(len(self._situations))
+        # Per message, the templates and their score terms repeat: a few variants each.
+        self._rows_by_channel: dict[str | None, tuple[NDArray[np.int64], NDArray[np.int64]]] = {}
+        self._tone_terms: dict[tuple[float, ...], Scores] = {}
+        self._missing_terms: dict[tuple[bool, ...], Scores] = {}
         lowered = keywords.lowered if keywords is not None else {}
         self._keywords = [lowered.get(topic, {}).get(s, []) for topic, s in self._situations]
         self._keyword_owners: dict[str, list[int]] = {}
@@ -359,12 +368,13 @@ class ReplySuggester:
             )
         return index
 
-    def situation_keys(
+    def situation_columns(
         self, labels: Sequence[str], model: str = "model"
-    ) -> list[tuple[str, str] | None]:
-        """The bank's (topic, situation) for each label of a situation head, None for labels the
-        bank does not have: those are ignored with a warning, as is a bank situation the head
-        does not know (it then ranks by similarity and keywords alone)."""
+    ) -> NDArray[np.int64] | None:
+        """For each situation of the bank, its column in a situation head with these labels (-1
+        where the head lacks it); None when the head has none of them. Labels the bank does not
+        have are ignored with a warning, as is a bank situation the head does not know (it then
+        ranks by similarity and keywords alone)."""
         known = {situation_label(*key): key for key in self._situations}
         unknown = [label for label in labels if label not in known]
         if unknown:
@@ -381,7 +391,10 @@ class ReplySuggester:
                 model,
                 unseen,
             )
-        return [known.get(label) for label in labels]
+        column = {known[label]: i for i, label in enumerate(labels) if label in known}
+        if not column:
+            return None
+        return np.array([column.get(key, -1) for key in self._situations])
 
     def _passes(self, template: ReplyTemplate, text: str) -> bool:
         """The tone check of a draft, remembered per text: most drafts repeat exactly."""
@@ -434,20 +447,24 @@ class ReplySuggester:
         scores = similarity[positions] + KEYWORD_WEIGHT * keywords - SECONDARY_TOPIC_PENALTY * rank
         return _Candidates(positions, scores, similarity, found, secondary_rank=rank)
 
-    def _by_classifier(
-        self, result: TriageResult, classifier: Mapping[tuple[str, str], float]
-    ) -> _Candidates:
+    def _by_classifier(self, result: TriageResult, classifier_p: Scores) -> _Candidates:
         """With a situation head: every situation of the bank, by :class:`SelectionWeights`."""
         similarity = self._index.situation_scores(result.masked_text)
         found = self._found(result.masked_text)
         topic_scores = result.topic_scores
         topic_p = np.array([topic_scores.get(t, 0.0) for t in self._topics])[self._situation_topic]
-        classifier_p = np.array([classifier.get(key, 0.0) for key in self._situations])
         scores = self.weights.combine(
             topic_p, classifier_p, similarity, self._keyword_counts(found)
         )
-        positions = np.arange(len(self._situations))
-        return _Candidates(positions, scores, similarity, found, topic_p, classifier_p)
+        return _Candidates(self._all_positions, scores, similarity, found, topic_p, classifier_p)
+
+    def _classifier_scores(
+        self, probs: Mapping[tuple[str, str], float] | Scores | None
+    ) -> Scores | None:
+        """A situation head's probabilities over the bank's situations, or None without them."""
+        if probs is None or isinstance(probs, np.ndarray):
+            return probs
+        return np.array([probs.get(key, 0.0) for key in self._situations]) if probs else None
 
     def _situation(self, candidates: _Candidates, i: int, result: TriageResult) -> _Situation:
         """The ``i``-th candidate with its evidence."""
@@ -480,6 +497,41 @@ class ReplySuggester:
             float(candidates.classifier[position]),
         )
 
+    def _rows(
+        self, candidates: _Candidates, channel: str | None
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The templates of the candidates that suit the channel, in candidate order: each
+        one's candidate index and its position in ``_templates``."""
+        every_situation = candidates.positions is self._all_positions
+        if every_situation and channel in self._rows_by_channel:
+            return self._rows_by_channel[channel]
+        starts = self._template_starts[candidates.positions]
+        counts = self._template_starts[candidates.positions + 1] - starts
+        owner = np.repeat(np.arange(len(counts)), counts)
+        template = np.arange(owner.size) + np.repeat(starts - (np.cumsum(counts) - counts), counts)
+        if channel:
+            allowed = self._channel_allows.get(channel)
+            keep = allowed[template] if allowed is not None else np.zeros(len(template), bool)
+            owner, template = owner[keep], template[keep]
+        if every_situation and (channel is None or channel in self._channel_allows):
+            self._rows_by_channel[channel] = owner, template
+        return owner, template
+
+    def _tone_term(self, fits: tuple[float, ...]) -> Scores:
+        """TONE_WEIGHT x each template's tone fit, given the fit of each tone (few variants)."""
+        term = self._tone_terms.get(fits)
+        if term is None:
+            term = self._tone_terms[fits] = TONE_WEIGHT * np.array(fits)[self._template_tone]
+        return term
+
+    def _missing_term(self, available: tuple[bool, ...]) -> Scores:
+        """MISSING_SLOT_PENALTY x each template's required slots that are not available."""
+        term = self._missing_terms.get(available)
+        if term is None:
+            missing = (self._requires & ~np.array(available, dtype=bool)).sum(axis=1)
+            term = self._missing_terms[available] = MISSING_SLOT_PENALTY * missing
+        return term
+
     def slots(
         self, result: TriageResult, values: Mapping[str, str | None] | None = None
     ) -> dict[str, str]:
@@ -498,38 +550,36 @@ class ReplySuggester:
         result: TriageResult,
         values: Mapping[str, str | None] | None = None,
         top: int = 3,
-        situation_probs: Mapping[tuple[str, str], float] | None = None,
+        situation_probs: Mapping[tuple[str, str], float] | Scores | None = None,
     ) -> list[ReplyDraft]:
         """Up to ``top`` drafts, best first; every draft passes the tone check.
 
         ``values`` are slot values from the request (e.g. ``product``); ``situation_probs`` the
-        model's situation head for this message, by the bank's (topic, situation).
+        model's situation head for this message, by the bank's (topic, situation) or as an
+        array in the order of :meth:`TemplateBank.situations`.
 
         A template scores as its situation, moved by how its tone suits the message and
         lowered for each required slot that cannot be filled; ties keep the order of
         situations, then of the bank.
         """
         slots = self.slots(result, values)
+        classifier_p = self._classifier_scores(situation_probs)
         candidates = (
-            self._by_classifier(result, situation_probs)
-            if situation_probs
+            self._by_classifier(result, classifier_p)
+            if classifier_p is not None
             else self._by_topic(result)
         )
-        # Each candidate's templates, in order: their positions and their candidate's index.
-        starts = self._template_starts[candidates.positions]
-        counts = self._template_starts[candidates.positions + 1] - starts
-        owner = np.repeat(np.arange(len(counts)), counts)
-        template = np.arange(owner.size) + np.repeat(starts - (np.cumsum(counts) - counts), counts)
-        if result.channel:
-            allowed = self._channel_allows.get(result.channel)
-            keep = allowed[template] if allowed is not None else np.zeros(len(template), bool)
-            owner, template = owner[keep], template[keep]
+        owner, template = self._rows(candidates, result.channel)
         fits = self._tone_fits(result)
-        available = np.array([s in slots for s in self._required_slots], dtype=bool)
-        missing = (self._requires[template] & ~available).sum(axis=1)
-        tone_fit = np.array([fit for fit, _ in fits])[self._template_tone[template]]
+        tone_term = self._tone_term(tuple(fit for fit, _ in fits))
+        missing_term = self._missing_term(tuple(s in slots for s in self._required_slots))
+        every_template = candidates.positions is self._all_positions and len(template) == len(
+            self._templates
+        )
+        if not every_template:
+            tone_term, missing_term = tone_term[template], missing_term[template]
         # The situation decides; tone only orders the templates of one situation.
-        scores = candidates.scores[owner] + TONE_WEIGHT * tone_fit - MISSING_SLOT_PENALTY * missing
+        scores = candidates.scores[owner] + tone_term - missing_term
         situations: dict[int, _Situation] = {}
         drafts = []
         for j in np.argsort(-scores, kind="stable").tolist():

@@ -238,30 +238,29 @@ def load_template_bank(taxonomy: Taxonomy, directory: Path | None = None) -> Tem
 
 
 class KeywordFinder:
-    """Which of many literal words occur in a text, in one pass over the text.
+    """Which of many literal words occur in a text, at the cost of a few set operations.
 
-    Words are indexed by their first two characters, so each position of the text costs one
-    lookup however many words there are; the few shorter words are tested directly.
+    A word of two or more characters can occur only where its first two characters do: the
+    text's character pairs are intersected with the words' first pairs, and only the words
+    behind the pairs in common are searched for. One-character words are searched for directly.
     """
 
     def __init__(self, words: Iterable[str]):
-        self._by_prefix: dict[str, list[str]] = {}
+        self._by_pair: dict[str, list[str]] = {}
         short = set()
         for word in dict.fromkeys(words):
             if len(word) < 2:
                 short.add(word)
             else:
-                self._by_prefix.setdefault(word[:2], []).append(word)
+                self._by_pair.setdefault(word[:2], []).append(word)
+        self._pairs = frozenset(self._by_pair)
         self._short = frozenset(short)
 
     def find(self, text: str) -> frozenset[str]:
         """The words that occur in ``text`` (as substrings, overlaps included)."""
         found = {word for word in self._short if word in text}
-        by_prefix = self._by_prefix
-        for start in range(len(text) - 1):
-            candidates = by_prefix.get(text[start : start + 2])
-            if candidates:
-                found.update(w for w in candidates if text.startswith(w, start))
+        for pair in self._pairs.intersection(map(str.__add__, text, text[1:])):
+            found.update(word for word in self._by_pair[pair] if word in text)
         return frozenset(found)
 
 
