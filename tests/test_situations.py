@@ -288,11 +288,11 @@ def _drafts_by_definition(
         scores = {
             (topic, situation): float(
                 SelectionWeights().combine(
-                    np.float64(result.topic_scores.get(topic, 0.0)),
-                    np.float64(probs.get((topic, situation), 0.0)),
-                    np.float64(similarity[(topic, situation)]),
-                    np.float64(len(hits.get((topic, situation), []))),
-                )
+                    np.array([result.topic_scores.get(topic, 0.0)]),
+                    np.array([probs.get((topic, situation), 0.0)]),
+                    np.array([similarity[(topic, situation)]]),
+                    np.array([float(len(hits.get((topic, situation), [])))]),
+                )[0]
             )
             for topic, situation in BANK.situations()
         }
