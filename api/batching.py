@@ -25,8 +25,8 @@ class MicroBatcher:
 
     def __init__(self, max_items: int):
         self.max_items = max_items
-        self._pending: list[_Pending] = []
-        self._flush_scheduled = False
+        # Per event loop (one in a server process; a test client may run several in threads).
+        self._pending: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
 
     async def triage(self, pipeline: TriagePipeline, message: Message) -> TriageResult:
         """The message's result, as ``pipeline([message], replies=True)[0]`` gives it.
@@ -37,20 +37,19 @@ class MicroBatcher:
         prepared = pipeline.preprocess(message)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[TriageResult] = loop.create_future()
-        self._pending.append((pipeline, prepared, future))
-        if len(self._pending) >= self.max_items:
-            self._flush()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
+        pending = self._pending.setdefault(loop, [])
+        pending.append((pipeline, prepared, future))
+        if len(pending) >= self.max_items:
+            self._flush(loop)
+        elif len(pending) == 1:
+            loop.call_soon(self._flush, loop)
         return await future
 
-    def _flush(self) -> None:
-        """Triage everything pending, one pipeline call per pipeline (a test may swap it)."""
-        self._flush_scheduled = False
-        pending, self._pending = self._pending, []
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Triage what is pending on this loop, one pipeline call per pipeline (a test may
+        swap it)."""
         by_pipeline: dict[int, list[_Pending]] = {}
-        for item in pending:
+        for item in self._pending.pop(loop, []):
             by_pipeline.setdefault(id(item[0]), []).append(item)
         for items in by_pipeline.values():
             futures = [future for _, _, future in items]
