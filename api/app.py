@@ -3,6 +3,7 @@ environment. Creating the app is cheap; the model is loaded in the lifespan, at 
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,12 +11,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from triage import __version__
+from triage.api.batching import MicroBatcher
 from triage.api.errors import add_error_handlers
 from triage.api.middleware import RequestLogMiddleware
 from triage.api.routes import router
 from triage.api.tickets import router as tickets_router
 from triage.config import Settings
 from triage.errors import TriageError
+from triage.schemas import Message
 from triage.service import load_pipeline, load_ticket_service
 
 logger = logging.getLogger("triage.api")
@@ -56,7 +59,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     except TriageError as exc:
         logger.error("model not loaded, serving 503 until restarted: %s", exc)
     else:
-        pipeline.engine.predict_proba(["你好"])  # loads the word segmenter before any request
+        # One message through everything (word segmenter, lexicons, the reply bank's index)
+        # builds what is built on first use, before any request waits for it.
+        pipeline([Message(text="你好，快递三天了还没到")], replies=True)
         info = pipeline.model_info
         logger.info("model %s %s (%s) loaded", info.name, info.version, info.engine)
         app.state.pipeline = pipeline
@@ -66,7 +71,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             logger.error("ticket store not opened, /v1/tickets answers 503: %s", exc)
         else:
             logger.info("ticket store %s ready", app.state.tickets.db.display_url)
+    # The loaded model, lexicons and libraries are some 170,000 objects that live as long as
+    # the process: moved out of the garbage collector's reach, a full collection no longer
+    # walks them (about 100 ms, a pause that every request in flight would wait for).
+    gc.freeze()
     yield
+    gc.unfreeze()
     if app.state.tickets is not None:
         app.state.tickets.db.dispose()
     app.state.pipeline = app.state.tickets = None
@@ -86,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.pipeline = None
     app.state.tickets = None
+    app.state.batcher = MicroBatcher(settings.micro_batch_max_items)
     app.add_middleware(RequestLogMiddleware)
     add_error_handlers(app)
     app.include_router(router)

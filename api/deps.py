@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from triage.api.batching import MicroBatcher
 from triage.api.errors import ApiError
 from triage.config import Settings
 from triage.pipeline import TriagePipeline
@@ -31,6 +32,12 @@ async def get_pipeline(request: Request) -> TriagePipeline:
     return pipeline
 
 
+async def get_batcher(request: Request) -> MicroBatcher:
+    """The micro-batcher of single-message triage requests (see :mod:`triage.api.batching`)."""
+    batcher: MicroBatcher = request.app.state.batcher
+    return batcher
+
+
 async def get_registry(settings: Annotated[Settings, Depends(get_settings)]) -> ModelRegistry:
     """The registry of the settings; cheap to create, read on each request."""
     return ModelRegistry(settings.registry_dir)
@@ -40,6 +47,8 @@ async def get_served_model(request: Request) -> ModelInfo | None:
     """The model this process serves, or None while none is loaded."""
     pipeline: TriagePipeline | None = request.app.state.pipeline
     return None if pipeline is None else pipeline.model_info
+
+
 async def get_tickets(request: Request) -> TicketService:
     """The ticket store opened at startup; 503 while there is none (see the server log)."""
     tickets: TicketService | None = request.app.state.tickets
@@ -52,6 +61,7 @@ async def get_tickets(request: Request) -> TicketService:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PipelineDep = Annotated[TriagePipeline, Depends(get_pipeline)]
+BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 ServedModelDep = Annotated[ModelInfo | None, Depends(get_served_model)]
 TicketsDep = Annotated[TicketService, Depends(get_tickets)]

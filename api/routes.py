@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from triage.api.deps import PipelineDep, RegistryDep, ServedModelDep, SettingsDep
+from triage.api.deps import BatcherDep, PipelineDep, RegistryDep, ServedModelDep, SettingsDep
 from triage.api.schemas import (
     BatchRequest,
     BatchResponse,
@@ -39,12 +39,15 @@ def tone_rules(pipeline: TriagePipeline) -> ToneRules:
 
 
 @router.post("/v1/triage", tags=["triage"], responses=_ERRORS, response_model=TriageResult)
-async def triage(message: Message, settings: SettingsDep, pipeline: PipelineDep) -> Response:
+async def triage(
+    message: Message, settings: SettingsDep, pipeline: PipelineDep, batcher: BatcherDep
+) -> Response:
     """Triage one message: topic, sentiment, urgency with its cues, complaint, review flags."""
     # One message takes well under a millisecond of CPU: running it on the event loop is
-    # cheaper than a thread hand-off, and the result is serialised once, without re-validation.
+    # cheaper than a thread hand-off (concurrent requests share one model call), and the
+    # result is serialised once, without re-validation.
     check_messages([message], settings, pipeline.taxonomy, batch=False)
-    result = pipeline([message], replies=True)[0]
+    result = await batcher.triage(pipeline, message)
     return Response(result.model_dump_json(), media_type="application/json")
 
 
@@ -62,12 +65,12 @@ def triage_batch(
 
 
 @router.post("/v1/replies/suggest", tags=["replies"], responses=_ERRORS)
-def suggest_replies(
-    message: Message, settings: SettingsDep, pipeline: PipelineDep
+async def suggest_replies(
+    message: Message, settings: SettingsDep, pipeline: PipelineDep, batcher: BatcherDep
 ) -> ReplySuggestResponse:
     """Up to three reply drafts for a customer message, best first, each with its reason."""
     check_messages([message], settings, pipeline.taxonomy, batch=False)
-    result = pipeline([message], replies=True)[0]
+    result = await batcher.triage(pipeline, message)
     return ReplySuggestResponse(replies=result.replies, topic=result.topic, urgency=result.urgency)
 
 

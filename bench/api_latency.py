@@ -101,7 +101,8 @@ def server(
         str(port),
         "--model-dir",
         str(model_dir),
-        *(["--workers", str(workers)] if workers > 1 else []),
+        "--workers",
+        str(workers),
     ]
     env = {**os.environ, "TRIAGE_LOG_LEVEL": log_level, "TRIAGE_TRAIN_IF_MISSING": "false"}
     base = f"http://{HOST}:{port}"
@@ -314,6 +315,11 @@ def main() -> None:
         "--server-workers", type=int, default=1, help="passed to `triage serve --workers`"
     )
     parser.add_argument("--startup-timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--target-only",
+        action="store_true",
+        help="only the target run (32 clients, raw client): no reference runs",
+    )
     args = parser.parse_args()
 
     bodies = seed_bodies()
@@ -353,6 +359,8 @@ def main() -> None:
                     n_ref,
                 ),
             }
+            if args.target_only:
+                plan = {target_run: plan[target_run]}
             for name, (kind, payloads, clients, total) in plan.items():
                 server_cpu, client_cpu = cpu_seconds(pid), time.process_time()
                 run = measure(kind, port, payloads, clients, total, cap)
@@ -363,7 +371,8 @@ def main() -> None:
                     1000 * (time.process_time() - client_cpu) / run["requests"], 2
                 )
                 runs[name] = run
-        runs["in-process pipeline([message]), no HTTP"] = in_process(model_dir, bodies, n_ref)
+        if not args.target_only:
+            runs["in-process pipeline([message]), no HTTP"] = in_process(model_dir, bodies, n_ref)
 
     print(
         f"\ntriage serve with {args.server_workers} worker process(es), log level "

@@ -312,7 +312,9 @@ class LinearEngine(MetaIdentity):
             }
         features = self.featurizer.weighted(texts)
         # Every row has at least one character n-gram, so no row of reduceat is empty.
-        contributions = self.weights[features.columns] * features.values[:, None]
+        # (``take`` and an in-place product: the gathered rows are the largest array here.)
+        contributions = np.take(self.weights, features.columns, axis=0)
+        contributions *= features.values[:, None]
         scores = np.add.reduceat(contributions, features.indptr[:-1], axis=0) + self.biases
         out: dict[str, FloatArray] = {}
         for name, spec in self.heads.items():

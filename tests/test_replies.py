@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import yaml
 from triage.drafts import DraftContext, ReplySuggester, extract_slots
 from triage.errors import ConfigError, InputError
 from triage.replies import (
+    KeywordFinder,
     ReplyTemplate,
     bank_check,
     check_reply,
@@ -18,6 +20,7 @@ from triage.replies import (
     load_tone_rules,
 )
 from triage.taxonomy import load_taxonomy
+from triage.training.corpus import seed_corpus_path
 
 TAXONOMY = load_taxonomy()
 RULES = load_tone_rules()
@@ -199,6 +202,30 @@ def test_situation_keywords_must_name_situations_of_the_bank(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"situations\.logistics\.teleported"):
         load_situation_keywords(BANK, path)
+
+
+def test_keyword_finder_finds_every_word_that_occurs_overlaps_included():
+    finder = KeywordFinder(["退款", "退款慢", "款慢", "慢", "a-1", "", "退款"])
+    assert finder.find("退款慢死了a-1") == {"退款", "退款慢", "款慢", "慢", "a-1", ""}
+    assert finder.find("退") == {""}
+    assert KeywordFinder([]).find("退款") == frozenset()
+
+
+def test_situation_keywords_are_found_as_substring_search_finds_them():
+    keywords = load_situation_keywords(BANK)
+    lowered = keywords.lowered
+    words = [w for topic in lowered.values() for situation in topic.values() for w in situation]
+    texts = [
+        json.loads(line)["text"].lower()
+        for line in seed_corpus_path("dev").read_text(encoding="utf-8").splitlines()
+    ]
+    texts += ["".join(words[i : i + 4]) for i in range(0, len(words), 3)]  # adjacent keywords
+    for text in texts:
+        assert keywords.found(text) == {w for w in words if w in text}, text
+    topics = list(keywords.situations)
+    hits = keywords.hits(texts[0], topics)
+    for (topic, situation), found in hits.items():
+        assert found == [w for w in keywords.lowered[topic][situation] if w in texts[0]]
 
 
 def test_keywords_steer_the_situation(small_pipeline):

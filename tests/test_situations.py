@@ -7,20 +7,36 @@ import logging
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
-from triage.drafts import SITUATION_HEAD, DraftContext, ReplySuggester, extract_slots
-from triage.errors import ConfigError
+from triage.drafts import (
+    KEYWORD_WEIGHT,
+    MAX_KEYWORD_HITS,
+    MISSING_SLOT_PENALTY,
+    SECONDARY_TOPIC_PENALTY,
+    SITUATION_HEAD,
+    TONE_WEIGHT,
+    TONES,
+    DraftContext,
+    ExampleIndex,
+    ReplySuggester,
+    SelectionWeights,
+    extract_slots,
+)
+from triage.errors import ConfigError, InputError
 from triage.models.linear import HeadData, HeadSpec, LinearConfig, LinearEngine
 from triage.pipeline import TriagePipeline
 from triage.replies import (
+    check_flags,
+    check_reply,
     load_product_lexicon,
     load_situation_keywords,
     load_template_bank,
     load_tone_rules,
 )
-from triage.schemas import Message
+from triage.schemas import Message, TriageResult
 from triage.taxonomy import load_taxonomy
 from triage.training.corpus import CorpusRecord, load_corpus, seed_corpus_path
 from triage.training.situations import (
@@ -34,6 +50,7 @@ from triage.training.train import TrainArguments, prepare_text, train_linear
 TAXONOMY = load_taxonomy()
 BANK = load_template_bank(TAXONOMY)
 PRODUCTS = load_product_lexicon()
+RULES = load_tone_rules()
 
 
 def _suggester() -> ReplySuggester:
@@ -254,6 +271,91 @@ def test_models_without_the_head_rank_as_before(small_pipeline):
     assert result.replies
     assert all("classifier" not in reply.reason for reply in result.replies)
     assert result.replies[0].template_id.startswith(result.topic + ".")
+
+
+def _drafts_by_definition(
+    suggester: ReplySuggester, result: TriageResult, probs: dict[tuple[str, str], float] | None
+) -> list[tuple[str, float]]:
+    """(template id, score) of the drafts as the ranking is defined, one template at a time:
+    the situation's score, plus the tone fit, minus each unfillable required slot; stable sort;
+    the first three that render and pass the tone check."""
+    similarity = ExampleIndex(BANK.templates).similarities(result.masked_text)
+    keywords = load_situation_keywords(BANK)
+    hits = keywords.hits(result.masked_text, list(keywords.situations))
+    slots = suggester.slots(result, {"product": None})
+    fits = dict(zip(TONES, suggester._tone_fits(result), strict=True))
+    if probs:
+        scores = {
+            (topic, situation): float(
+                SelectionWeights().combine(
+                    np.array([result.topic_scores.get(topic, 0.0)]),
+                    np.array([probs.get((topic, situation), 0.0)]),
+                    np.array([similarity[(topic, situation)]]),
+                    np.array([float(len(hits.get((topic, situation), [])))]),
+                )[0]
+            )
+            for topic, situation in BANK.situations()
+        }
+    else:
+        topics = [result.topic, *result.secondary_topics]
+        scores = {
+            key: similarity[key]
+            + KEYWORD_WEIGHT * min(len(hits.get(key, [])), MAX_KEYWORD_HITS)
+            - SECONDARY_TOPIC_PENALTY * rank
+            for rank, topic in enumerate(topics)
+            for key in BANK.situations()
+            if key[0] == topic
+        }
+    ranked = [
+        (
+            score
+            + TONE_WEIGHT * fits[template.tone][0]
+            - MISSING_SLOT_PENALTY * sum(s not in slots for s in template.slots.required),
+            template,
+        )
+        for key, score in scores.items()
+        for template in BANK.templates
+        if (template.topic, template.situation) == key
+        and (not result.channel or result.channel in template.channels)
+    ]
+    ranked.sort(key=lambda item: -item[0])
+    drafts = []
+    for score, template in ranked:
+        try:
+            text = template.render(slots)
+        except InputError:
+            continue
+        if check_reply(text, RULES, **check_flags(template, RULES)).passed:
+            drafts.append((template.id, round(score, 3)))
+    return drafts[:3]
+
+
+def test_drafts_are_ranked_exactly_as_defined(small_pipeline):
+    """The vectorised ranking (arrays built once, terms cached) gives the drafts, scores and
+    order of the plain definition, with and without the situation head, on every channel."""
+    suggester = _suggester()
+    pipeline = TriagePipeline(small_pipeline.engine, suggester=suggester)
+    labels = small_pipeline.engine.heads[SITUATION_HEAD].labels
+    channels = [None, *TAXONOMY.channels]
+    records = load_corpus(seed_corpus_path("dev"), TAXONOMY)[::4]
+    messages = [
+        Message(text=r.text, channel=channels[i % len(channels)]) for i, r in enumerate(records)
+    ]
+    head = small_pipeline.engine.predict_proba(
+        [pipeline.preprocess(m).masked_text for m in messages]
+    )
+    compared = 0
+    for message, row in zip(messages, head[SITUATION_HEAD], strict=True):
+        result = pipeline([message], replies=True)[0]
+        probs = {tuple(label.split(".", 1)): float(p) for label, p in zip(labels, row, strict=True)}
+        expected = _drafts_by_definition(suggester, result, probs)
+        assert [(d.template_id, d.score) for d in result.replies] == expected
+        without_head = suggester.suggest(result, {"product": None})
+        assert [(d.template_id, d.score) for d in without_head] == _drafts_by_definition(
+            suggester, result, None
+        )
+        compared += bool(expected)
+    assert compared > 0.9 * len(messages)
 
 
 # --- the product slot ------------------------------------------------------------------------

@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     followups_path: Path | None = Field(
         default=None, description="closing phrases of follow-ups (default: packaged)"
     )
+    micro_batch_max_items: int = Field(
+        default=32,
+        ge=1,
+        le=1000,
+        description="concurrent POST /v1/triage and /v1/replies/suggest requests whose messages"
+        " arrive together share one model call, up to this many (1: no micro-batching)",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = "info"

@@ -17,12 +17,13 @@ from __future__ import annotations
 import logging
 import math
 import re
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Protocol
+from typing import get_args
 
 import numpy as np
 import scipy.sparse as sp
@@ -34,6 +35,7 @@ from triage.replies import (
     ReplyTemplate,
     SituationKeywords,
     TemplateBank,
+    Tone,
     ToneRules,
     check_flags,
     check_reply,
@@ -66,8 +68,10 @@ SECONDARY_TOPIC_PENALTY = 0.3
 # How much tone fit and each unfillable required slot move a template within its situation.
 TONE_WEIGHT = 0.1
 MISSING_SLOT_PENALTY = 0.5
+TONES: tuple[Tone, ...] = get_args(Tone)
 logger = logging.getLogger("triage")
 Scores = NDArray[np.float64]
+_NONE = np.zeros(0, np.int64)
 
 
 def extract_slots(text: str, products: ProductLexicon | None = None) -> dict[str, str]:
@@ -99,16 +103,42 @@ def _example_texts(
     return texts, keys, np.array([position[key] for key in situations])
 
 
-class SimilarityIndex(Protocol):
-    """How close a message is to each situation's examples (1 is identical)."""
+class SimilarityIndex(ABC):
+    """How close a message is to each situation's examples (1 is identical): a situation
+    scores by its closest example over all its tones."""
 
-    def similarities(self, text: str) -> dict[tuple[str, str], float]: ...
+    # Set by subclasses from :func:`_example_texts`.
+    keys: list[tuple[str, str]]
+    owners: NDArray[np.int64]
+    floor: float  # the lowest score a situation can have
+
+    @abstractmethod
+    def example_scores(self, text: str) -> Scores:
+        """The message's similarity with every example, in the order of ``owners``."""
+
+    @cached_property
+    def _grouping(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The examples ordered by situation, and where each situation's examples start."""
+        order = np.argsort(self.owners, kind="stable")
+        return order, np.searchsorted(self.owners[order], np.arange(len(self.keys)))
+
+    def situation_scores(self, text: str) -> Scores:
+        """Each situation's closest example, in the order of ``keys`` (the bank's sorted
+        situations)."""
+        order, starts = self._grouping
+        closest = np.maximum.reduceat(self.example_scores(text)[order], starts)
+        return np.maximum(closest, self.floor)
+
+    def similarities(self, text: str) -> dict[tuple[str, str], float]:
+        """The same by (topic, situation)."""
+        return dict(zip(self.keys, self.situation_scores(text).tolist(), strict=True))
 
 
-class ExampleIndex:
+class ExampleIndex(SimilarityIndex):
     """IDF-weighted character-bigram vectors of every example and description in the bank, one
-    unit row each, grouped by (topic, situation): a message is compared with every situation in
-    one sparse product, and a situation scores by its closest example over all its tones."""
+    unit row each: a message is compared with every example in one sparse product."""
+
+    floor = 0.0
 
     def __init__(self, templates: Sequence[ReplyTemplate]):
         texts, self.keys, self.owners = _example_texts(templates)
@@ -130,21 +160,25 @@ class ExampleIndex:
                 values.append(weight / norm)
         self.matrix = sp.csr_matrix((values, (rows, columns)), shape=(len(texts), len(frequency)))
 
-    def similarities(self, text: str) -> dict[tuple[str, str], float]:
-        """Cosine of the message with each situation's closest example."""
+    def example_scores(self, text: str) -> Scores:
+        """Cosine of the message with each example."""
         vector = np.zeros(len(self.vocabulary))
-        for gram, count in char_bigrams(text).items():
-            column = self.vocabulary.get(gram)
-            if column is not None:
-                vector[column] = count * self.idf[column]
+        known = [
+            (column, count)
+            for gram, count in char_bigrams(text).items()
+            if (column := self.vocabulary.get(gram)) is not None
+        ]
+        if known:
+            columns, counts = zip(*known, strict=True)
+            vector[list(columns)] = np.array(counts) * self.idf[list(columns)]
         norm = float(np.linalg.norm(vector))
-        best = np.zeros(len(self.keys))
-        if norm:
-            np.maximum.at(best, self.owners, self.matrix @ (vector / norm))
-        return dict(zip(self.keys, best.tolist(), strict=True))
+        if not norm:
+            return np.zeros(len(self.owners))
+        scores: Scores = self.matrix @ (vector / norm)
+        return scores
 
 
-class EncoderIndex:
+class EncoderIndex(SimilarityIndex):
     """The same comparison with a sentence-transformers encoder (``TRIAGE_REPLY_ENCODER``):
     the bank's examples are embedded once, here; each message is embedded when it is ranked.
 
@@ -152,6 +186,8 @@ class EncoderIndex:
     service never needs torch. A directory holding a plain Hugging Face encoder loads too
     (sentence-transformers then adds mean pooling).
     """
+
+    floor = -1.0
 
     def __init__(self, model_dir: Path, templates: Sequence[ReplyTemplate]):
         try:
@@ -173,12 +209,10 @@ class EncoderIndex:
         vectors = self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
         return np.asarray(vectors, np.float32)
 
-    def similarities(self, text: str) -> dict[tuple[str, str], float]:
-        """Cosine of the message's embedding with each situation's closest example."""
-        scores = self.examples @ self._embed([text])[0]
-        best = np.full(len(self.keys), -1.0)
-        np.maximum.at(best, self.owners, scores.astype(np.float64))
-        return dict(zip(self.keys, best.tolist(), strict=True))
+    def example_scores(self, text: str) -> Scores:
+        """Cosine of the message's embedding with each example's."""
+        scores: Scores = (self.examples @ self._embed([text])[0]).astype(np.float64)
+        return scores
 
 
 @dataclass(frozen=True)
@@ -244,8 +278,31 @@ class _Situation:
         )
 
 
+@dataclass(frozen=True)
+class _Candidates:
+    """The situations a message's drafts may come from, in ranking order, with their scores.
+
+    Signals are kept as arrays; a candidate's evidence is put into words (:class:`_Situation`)
+    only when one of its drafts is returned.
+    """
+
+    positions: NDArray[np.int64]  # each candidate's index in the bank's sorted situations
+    scores: Scores
+    similarity: Scores  # of every situation of the bank
+    found: frozenset[str]  # the situation keywords that occur in the message
+    topic_p: Scores | None = None  # with a situation head: of every situation of the bank
+    classifier: Scores | None = None  # likewise
+    secondary_rank: NDArray[np.int64] | None = None  # without one: 0 for the message's topic
+
+
 class ReplySuggester:
-    """Ranks the bank's templates for a triaged message and fills the best ones."""
+    """Ranks the bank's templates for a triaged message and fills the best ones.
+
+    Everything that does not depend on the message (each template's situation, tone, channels
+    and required slots; each situation's keywords) is laid out in arrays once, here, so that a
+    message's templates are scored in a few vectorised steps; only the drafts that are returned
+    are filled and explained.
+    """
 
     def __init__(
         self,
@@ -267,21 +324,57 @@ class ReplySuggester:
         self._verdicts: dict[tuple[str, str], bool] = {}
         self._situations = bank.situations()
         self._topics = sorted({topic for topic, _ in self._situations})
-        self._templates: dict[tuple[str, str], list[ReplyTemplate]] = {}
-        for template in bank.templates:
-            self._templates.setdefault((template.topic, template.situation), []).append(template)
+        position = {key: i for i, key in enumerate(self._situations)}
+        self._situation_topic = np.array([self._topics.index(t) for t, _ in self._situations])
+        self._topic_positions = {
+            topic: np.flatnonzero(self._situation_topic == i)
+            for i, topic in enumerate(self._topics)
+        }
+        # Templates grouped by situation (sorted), in bank order within one situation.
+        self._templates = sorted(bank.templates, key=lambda t: position[(t.topic, t.situation)])
+        owners = np.array([position[(t.topic, t.situation)] for t in self._templates])
+        self._template_starts = np.searchsorted(owners, np.arange(len(self._situations) + 1))
+        self._template_tone = np.array([TONES.index(t.tone) for t in self._templates])
+        channels = sorted({c for t in self._templates for c in t.channels})
+        self._channel_allows = {
+            channel: np.array([channel in t.channels for t in self._templates])
+            for channel in channels
+        }
+        self._required_slots = sorted({s for t in self._templates for s in t.slots.required})
+        self._requires = np.array(
+            [[s in t.slots.required for s in self._required_slots] for t in self._templates],
+            dtype=bool,
+        ).reshape(len(self._templates), len(self._required_slots))
+        self._all_positions = np.arange(len(self._situations))
+        # Per message, the templates and their score terms repeat: a few variants each.
+        self._rows_by_channel: dict[str | None, tuple[NDArray[np.int64], NDArray[np.int64]]] = {}
+        self._tone_terms: dict[tuple[float, ...], Scores] = {}
+        self._missing_terms: dict[tuple[bool, ...], Scores] = {}
+        lowered = keywords.lowered if keywords is not None else {}
+        self._keywords = [lowered.get(topic, {}).get(s, []) for topic, s in self._situations]
+        self._keyword_owners: dict[str, list[int]] = {}
+        for i, words in enumerate(self._keywords):
+            for word in words:
+                self._keyword_owners.setdefault(word, []).append(i)
 
     @cached_property
     def _index(self) -> SimilarityIndex:
         """The given index (e.g. an encoder), else character bigrams, built on first use."""
-        return self._given_index or ExampleIndex(self.bank.templates)
+        index = self._given_index or ExampleIndex(self.bank.templates)
+        if index.keys != self._situations:
+            raise ModelError(
+                f"the reply similarity index covers the situations {index.keys}; expected the"
+                f" template bank's {self._situations}"
+            )
+        return index
 
-    def situation_keys(
+    def situation_columns(
         self, labels: Sequence[str], model: str = "model"
-    ) -> list[tuple[str, str] | None]:
-        """The bank's (topic, situation) for each label of a situation head, None for labels the
-        bank does not have: those are ignored with a warning, as is a bank situation the head
-        does not know (it then ranks by similarity and keywords alone)."""
+    ) -> NDArray[np.int64] | None:
+        """For each situation of the bank, its column in a situation head with these labels (-1
+        where the head lacks it); None when the head has none of them. Labels the bank does not
+        have are ignored with a warning, as is a bank situation the head does not know (it then
+        ranks by similarity and keywords alone)."""
         known = {situation_label(*key): key for key in self._situations}
         unknown = [label for label in labels if label not in known]
         if unknown:
@@ -298,7 +391,10 @@ class ReplySuggester:
                 model,
                 unseen,
             )
-        return [known.get(label) for label in labels]
+        column = {known[label]: i for i, label in enumerate(labels) if label in known}
+        if not column:
+            return None
+        return np.array([column.get(key, -1) for key in self._situations])
 
     def _passes(self, template: ReplyTemplate, text: str) -> bool:
         """The tone check of a draft, remembered per text: most drafts repeat exactly."""
@@ -310,74 +406,131 @@ class ReplySuggester:
                 self._verdicts[key] = verdict
         return verdict
 
-    def _tone_fit(self, template: ReplyTemplate, result: TriageResult) -> tuple[float, str]:
+    @staticmethod
+    def _tone_fits(result: TriageResult) -> list[tuple[float, str]]:
+        """How well each tone (in the order of ``TONES``) suits the message, and why."""
         upset = result.urgency in ("P1", "P2") or result.sentiment_score <= -0.6
         channel = result.channel or ""
-        if template.tone == "apologetic":
-            return (0.3, f"apologetic tone for {result.urgency}") if upset else (-0.1, "")
-        if template.tone == "formal":
-            return (
+        fits: dict[str, tuple[float, str]] = {
+            "standard": ((0.0 if upset else 0.1), ""),
+            "apologetic": (0.3, f"apologetic tone for {result.urgency}") if upset else (-0.1, ""),
+            "formal": (
                 (0.25, f"formal tone for {channel}")
                 if channel in ("letter", "email")
                 else (-0.15, "")
-            )
-        if template.tone == "chat":
-            return (0.2, "short tone for chat") if channel == "chat" else (-0.2, "")
-        return (0.0 if upset else 0.1), ""
+            ),
+            "chat": (0.2, "short tone for chat") if channel == "chat" else (-0.2, ""),
+        }
+        return [fits[tone] for tone in TONES]
 
-    def _by_topic(self, result: TriageResult) -> list[_Situation]:
+    def _keyword_counts(self, found: frozenset[str]) -> Scores:
+        """How many of each situation's keywords occur in the message."""
+        counts = np.zeros(len(self._situations))
+        for word in found:
+            for i in self._keyword_owners.get(word, ()):
+                counts[i] += 1
+        return counts
+
+    def _found(self, text: str) -> frozenset[str]:
+        return self.keywords.found(text) if self.keywords is not None else frozenset()
+
+    def _by_topic(self, result: TriageResult) -> _Candidates:
         """Without a situation head: the situations of the message's topic, then of its
         secondary topics, by closeness to their examples and their keywords."""
-        similarities = self._index.similarities(result.masked_text)
+        similarity = self._index.situation_scores(result.masked_text)
+        found = self._found(result.masked_text)
         topics = [result.topic, *result.secondary_topics]
-        hits = self.keywords.hits(result.masked_text, topics) if self.keywords else {}
-        return [
-            _Situation(
-                topic,
-                situation,
-                similarities[(topic, situation)]
-                + KEYWORD_WEIGHT * min(len(words), MAX_KEYWORD_HITS)
-                - SECONDARY_TOPIC_PENALTY * rank,
-                similarities[(topic, situation)],
-                words,
-                " (secondary)" if rank else "",
-            )
-            for rank, topic in enumerate(topics)
-            for t, situation in self._situations
-            if t == topic
-            for words in [hits.get((topic, situation), [])]
-        ]
+        groups = [self._topic_positions.get(topic, _NONE) for topic in topics]
+        positions = np.concatenate(groups)
+        rank = np.repeat(np.arange(len(groups)), [len(group) for group in groups])
+        keywords = np.minimum(self._keyword_counts(found)[positions], MAX_KEYWORD_HITS)
+        scores = similarity[positions] + KEYWORD_WEIGHT * keywords - SECONDARY_TOPIC_PENALTY * rank
+        return _Candidates(positions, scores, similarity, found, secondary_rank=rank)
 
-    def _by_classifier(
-        self, result: TriageResult, classifier: Mapping[tuple[str, str], float]
-    ) -> list[_Situation]:
+    def _by_classifier(self, result: TriageResult, classifier_p: Scores) -> _Candidates:
         """With a situation head: every situation of the bank, by :class:`SelectionWeights`."""
-        similarities = self._index.similarities(result.masked_text)
-        hits = self.keywords.hits(result.masked_text, self._topics) if self.keywords else {}
-        topic_p = np.array([result.topic_scores.get(t, 0.0) for t, _ in self._situations])
-        classifier_p = np.array([classifier.get(key, 0.0) for key in self._situations])
-        similarity = np.array([similarities[key] for key in self._situations])
-        words = [hits.get(key, []) for key in self._situations]
+        similarity = self._index.situation_scores(result.masked_text)
+        found = self._found(result.masked_text)
+        topic_scores = result.topic_scores
+        topic_p = np.array([topic_scores.get(t, 0.0) for t in self._topics])[self._situation_topic]
         scores = self.weights.combine(
-            topic_p, classifier_p, similarity, np.array([len(w) for w in words], np.float64)
+            topic_p, classifier_p, similarity, self._keyword_counts(found)
         )
-        situations = []
-        for i, (topic, situation) in enumerate(self._situations):
-            note = f" ({topic_p[i]:.2f})"
-            if topic != result.topic:
-                note = f" ({topic_p[i]:.2f}, over {result.topic} by the situation classifier)"
-            situations.append(
-                _Situation(
-                    topic,
-                    situation,
-                    float(scores[i]),
-                    float(similarity[i]),
-                    words[i],
-                    note,
-                    float(classifier_p[i]),
-                )
+        return _Candidates(self._all_positions, scores, similarity, found, topic_p, classifier_p)
+
+    def _classifier_scores(
+        self, probs: Mapping[tuple[str, str], float] | Scores | None
+    ) -> Scores | None:
+        """A situation head's probabilities over the bank's situations, or None without them."""
+        if probs is None or isinstance(probs, np.ndarray):
+            return probs
+        return np.array([probs.get(key, 0.0) for key in self._situations]) if probs else None
+
+    def _situation(self, candidates: _Candidates, i: int, result: TriageResult) -> _Situation:
+        """The ``i``-th candidate with its evidence."""
+        position = int(candidates.positions[i])
+        topic, situation = self._situations[position]
+        words = [w for w in self._keywords[position] if w in candidates.found]
+        similarity = float(candidates.similarity[position])
+        if candidates.topic_p is None or candidates.classifier is None:
+            note = (
+                " (secondary)"
+                if candidates.secondary_rank is not None and candidates.secondary_rank[i]
+                else ""
             )
-        return situations
+            return _Situation(
+                topic, situation, float(candidates.scores[i]), similarity, words, note
+            )
+        note = f" ({candidates.topic_p[position]:.2f})"
+        if topic != result.topic:
+            note = (
+                f" ({candidates.topic_p[position]:.2f}, over {result.topic} by the situation"
+                " classifier)"
+            )
+        return _Situation(
+            topic,
+            situation,
+            float(candidates.scores[i]),
+            similarity,
+            words,
+            note,
+            float(candidates.classifier[position]),
+        )
+
+    def _rows(
+        self, candidates: _Candidates, channel: str | None
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The templates of the candidates that suit the channel, in candidate order: each
+        one's candidate index and its position in ``_templates``."""
+        every_situation = candidates.positions is self._all_positions
+        if every_situation and channel in self._rows_by_channel:
+            return self._rows_by_channel[channel]
+        starts = self._template_starts[candidates.positions]
+        counts = self._template_starts[candidates.positions + 1] - starts
+        owner = np.repeat(np.arange(len(counts)), counts)
+        template = np.arange(owner.size) + np.repeat(starts - (np.cumsum(counts) - counts), counts)
+        if channel:
+            allowed = self._channel_allows.get(channel)
+            keep = allowed[template] if allowed is not None else np.zeros(len(template), bool)
+            owner, template = owner[keep], template[keep]
+        if every_situation and (channel is None or channel in self._channel_allows):
+            self._rows_by_channel[channel] = owner, template
+        return owner, template
+
+    def _tone_term(self, fits: tuple[float, ...]) -> Scores:
+        """TONE_WEIGHT x each template's tone fit, given the fit of each tone (few variants)."""
+        term = self._tone_terms.get(fits)
+        if term is None:
+            term = self._tone_terms[fits] = TONE_WEIGHT * np.array(fits)[self._template_tone]
+        return term
+
+    def _missing_term(self, available: tuple[bool, ...]) -> Scores:
+        """MISSING_SLOT_PENALTY x each template's required slots that are not available."""
+        term = self._missing_terms.get(available)
+        if term is None:
+            missing = (self._requires & ~np.array(available, dtype=bool)).sum(axis=1)
+            term = self._missing_terms[available] = MISSING_SLOT_PENALTY * missing
+        return term
 
     def slots(
         self, result: TriageResult, values: Mapping[str, str | None] | None = None
@@ -397,49 +550,66 @@ class ReplySuggester:
         result: TriageResult,
         values: Mapping[str, str | None] | None = None,
         top: int = 3,
-        situation_probs: Mapping[tuple[str, str], float] | None = None,
+        situation_probs: Mapping[tuple[str, str], float] | Scores | None = None,
     ) -> list[ReplyDraft]:
         """Up to ``top`` drafts, best first; every draft passes the tone check.
 
         ``values`` are slot values from the request (e.g. ``product``); ``situation_probs`` the
-        model's situation head for this message, by the bank's (topic, situation).
+        model's situation head for this message, by the bank's (topic, situation) or as an
+        array in the order of :meth:`TemplateBank.situations`.
+
+        A template scores as its situation, moved by how its tone suits the message and
+        lowered for each required slot that cannot be filled; ties keep the order of
+        situations, then of the bank.
         """
         slots = self.slots(result, values)
-        situations = (
-            self._by_classifier(result, situation_probs)
-            if situation_probs
+        classifier_p = self._classifier_scores(situation_probs)
+        candidates = (
+            self._by_classifier(result, classifier_p)
+            if classifier_p is not None
             else self._by_topic(result)
         )
-        ranked: list[tuple[float, ReplyTemplate, _Situation, str, list[str]]] = []
-        for situation in situations:
-            for template in self._templates[(situation.topic, situation.situation)]:
-                if result.channel and result.channel not in template.channels:
-                    continue
-                fit, tone_reason = self._tone_fit(template, result)
-                missing = [s for s in template.slots.required if s not in slots]
-                # The situation decides; tone only orders the templates of one situation.
-                score = situation.score + TONE_WEIGHT * fit - MISSING_SLOT_PENALTY * len(missing)
-                ranked.append((score, template, situation, tone_reason, missing))
-        ranked.sort(key=lambda item: -item[0])
+        owner, template = self._rows(candidates, result.channel)
+        fits = self._tone_fits(result)
+        tone_term = self._tone_term(tuple(fit for fit, _ in fits))
+        missing_term = self._missing_term(tuple(s in slots for s in self._required_slots))
+        every_template = candidates.positions is self._all_positions and len(template) == len(
+            self._templates
+        )
+        if not every_template:
+            tone_term, missing_term = tone_term[template], missing_term[template]
+        # The situation decides; tone only orders the templates of one situation.
+        scores = candidates.scores[owner] + tone_term - missing_term
+        situations: dict[int, _Situation] = {}
         drafts = []
-        for score, template, situation, tone_reason, missing in ranked:
+        for j in np.argsort(-scores, kind="stable").tolist():
+            chosen = self._templates[template[j]]
             try:
-                text = template.render(slots)
+                text = chosen.render(slots)
             except InputError:
                 continue  # a required slot is missing: never show a placeholder
-            if not self._passes(template, text):
+            if not self._passes(chosen, text):
                 continue
+            i = int(owner[j])
+            if i not in situations:
+                situations[i] = self._situation(candidates, i, result)
+            unfilled = [s for s in chosen.slots.required if s not in slots]
             reason = "; ".join(
                 part
                 for part in (
-                    situation.describe(),
-                    tone_reason,
-                    f"missing {', '.join(missing)}" if missing else "",
+                    situations[i].describe(),
+                    fits[TONES.index(chosen.tone)][1],
+                    f"missing {', '.join(unfilled)}" if unfilled else "",
                 )
                 if part
             )
             drafts.append(
-                ReplyDraft(template_id=template.id, text=text, score=round(score, 3), reason=reason)
+                ReplyDraft(
+                    template_id=chosen.id,
+                    text=text,
+                    score=round(float(scores[j]), 3),
+                    reason=reason,
+                )
             )
             if len(drafts) == top:
                 break

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from triage.cues import Cue, CueLexicon, load_cue_lexicon
-from triage.drafts import SITUATION_HEAD, ReplySuggester
+from triage.drafts import SITUATION_HEAD, ReplySuggester, Scores
 from triage.engines import Engine, load_engine
 from triage.errors import ConfigError, EmptyTextError, ModelError, TextTooLongError
 from triage.models.linear import FloatArray
@@ -89,10 +89,10 @@ class TriagePipeline:
         self.suggester = suggester
         self.thresholds = Thresholds.from_mapping(engine.meta.get("thresholds", {}))
         self._check_labels()
-        # The bank's (topic, situation) of each column of the model's situation head, if any.
+        # The column of the model's situation head (if any) of each situation of the bank.
         situation = engine.heads.get(SITUATION_HEAD)
-        self._situation_keys = (
-            suggester.situation_keys(situation.labels, f"model {engine.name!r}")
+        self._situation_columns = (
+            suggester.situation_columns(situation.labels, f"model {engine.name!r}")
             if suggester is not None and situation is not None
             else None
         )
@@ -280,22 +280,23 @@ class TriagePipeline:
             for i, p in enumerate(prepared)
         ]
         if replies and self.suggester is not None:
-            situations = probs.get(SITUATION_HEAD)
+            situations = self._situation_probs(probs)
             for i, (p, result) in enumerate(zip(prepared, results, strict=True)):
                 result.replies = self.suggester.suggest(
                     result,
                     {"product": p.product},
-                    situation_probs=self._situation_probs(
-                        None if situations is None else situations[i]
-                    ),
+                    situation_probs=None if situations is None else situations[i],
                 )
         return results
 
-    def _situation_probs(self, row: FloatArray | None) -> dict[tuple[str, str], float] | None:
-        """One row of the situation head by the bank's (topic, situation); None without it."""
-        if row is None or self._situation_keys is None:
+    def _situation_probs(self, probs: dict[str, FloatArray]) -> Scores | None:
+        """The situation head's probabilities of the bank's situations, one row per message (0
+        for a situation the head lacks); None without such a head."""
+        columns = self._situation_columns
+        if SITUATION_HEAD not in probs or columns is None:
             return None
-        return {key: float(p) for key, p in zip(self._situation_keys, row, strict=True) if key}
+        rows = probs[SITUATION_HEAD].astype(np.float64)[:, columns]
+        return rows if columns.min() >= 0 else np.where(columns >= 0, rows, 0.0)
 
     def __call__(self, messages: Sequence[Message], *, replies: bool = False) -> list[TriageResult]:
         """Triage messages in one batch, with reply drafts when asked and a suggester is set;

@@ -237,6 +237,33 @@ def load_template_bank(taxonomy: Taxonomy, directory: Path | None = None) -> Tem
     return TemplateBank(tuple(templates))
 
 
+class KeywordFinder:
+    """Which of many literal words occur in a text, at the cost of a few set operations.
+
+    A word of two or more characters can occur only where its first two characters do: the
+    text's character pairs are intersected with the words' first pairs, and only the words
+    behind the pairs in common are searched for. One-character words are searched for directly.
+    """
+
+    def __init__(self, words: Iterable[str]):
+        self._by_pair: dict[str, list[str]] = {}
+        short = set()
+        for word in dict.fromkeys(words):
+            if len(word) < 2:
+                short.add(word)
+            else:
+                self._by_pair.setdefault(word[:2], []).append(word)
+        self._pairs = frozenset(self._by_pair)
+        self._short = frozenset(short)
+
+    def find(self, text: str) -> frozenset[str]:
+        """The words that occur in ``text`` (as substrings, overlaps included)."""
+        found = {word for word in self._short if word in text}
+        for pair in self._pairs.intersection(map(str.__add__, text, text[1:])):
+            found.update(word for word in self._by_pair[pair] if word in text)
+        return frozenset(found)
+
+
 class SituationKeywords(_Strict):
     """Words customers use for each (topic, situation) of the bank; a ranking signal."""
 
@@ -256,19 +283,30 @@ class SituationKeywords(_Strict):
                     )
 
     @cached_property
-    def _lowered(self) -> dict[str, dict[str, list[str]]]:
+    def lowered(self) -> dict[str, dict[str, list[str]]]:
+        """The keywords in lower case, as :meth:`found` and :meth:`hits` compare them."""
         return {
             topic: {situation: [w.lower() for w in words] for situation, words in items.items()}
             for topic, items in self.situations.items()
         }
 
+    @cached_property
+    def _finder(self) -> KeywordFinder:
+        return KeywordFinder(
+            w for items in self.lowered.values() for words in items.values() for w in words
+        )
+
+    def found(self, text: str) -> frozenset[str]:
+        """Every (lower-case) keyword of any situation that occurs in ``text``."""
+        return self._finder.find(text.lower())
+
     def hits(self, text: str, topics: Iterable[str]) -> dict[tuple[str, str], list[str]]:
         """The keywords of each situation of ``topics`` that occur in ``text``."""
-        lowered = text.lower()
+        found = self.found(text)
         return {
-            (topic, situation): [w for w in words if w in lowered]
+            (topic, situation): [w for w in words if w in found]
             for topic in topics
-            for situation, words in self._lowered.get(topic, {}).items()
+            for situation, words in self.lowered.get(topic, {}).items()
         }
 
 

@@ -13,7 +13,7 @@ _SPACE = re.compile(r"\s+")
 def char_bigrams(text: str) -> Counter[str]:
     """Counts of adjacent character pairs, ignoring whitespace and letter case."""
     text = _SPACE.sub("", text.lower())
-    return Counter(text[i : i + 2] for i in range(len(text) - 1))
+    return Counter(map(str.__add__, text, text[1:]))
 
 
 def cosine(left: Counter[str], right: Counter[str]) -> float:
