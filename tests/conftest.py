@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,3 +186,17 @@ def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         str(r["text"]) for split in ("train", "dev") for r in read_jsonl(seed_corpus_path(split))
     ]
     return build_tiny_encoder(tmp_path_factory.mktemp("encoder"), texts)
+
+
+@pytest.fixture
+def forward_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records the batch size of every model call."""
+    calls: list[int] = []
+    original = TriagePipeline._forward
+
+    def counting(self: TriagePipeline, texts: Any) -> Any:
+        calls.append(len(texts))
+        return original(self, texts)
+
+    monkeypatch.setattr(TriagePipeline, "_forward", counting)
+    return calls

@@ -41,20 +41,6 @@ def client(app: FastAPI) -> Iterator[TestClient]:
         yield test_client
 
 
-@pytest.fixture
-def forward_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Records the batch size of every model call."""
-    calls: list[int] = []
-    original = TriagePipeline._forward
-
-    def counting(self: TriagePipeline, texts: Any) -> Any:
-        calls.append(len(texts))
-        return original(self, texts)
-
-    monkeypatch.setattr(TriagePipeline, "_forward", counting)
-    return calls
-
-
 def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"

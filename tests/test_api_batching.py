@@ -38,20 +38,6 @@ def pipeline(small_model_dir: Path) -> TriagePipeline:
     return load_pipeline(Settings(model_dir=small_model_dir, train_if_missing=False))
 
 
-@pytest.fixture
-def forward_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Records the batch size of every model call."""
-    calls: list[int] = []
-    original = TriagePipeline._forward
-
-    def counting(self: TriagePipeline, texts: Any) -> Any:
-        calls.append(len(texts))
-        return original(self, texts)
-
-    monkeypatch.setattr(TriagePipeline, "_forward", counting)
-    return calls
-
-
 def concurrently(
     batcher: MicroBatcher, pipeline: TriagePipeline, messages: Sequence[Message]
 ) -> list[Any]:
