@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
-from triage.drafts import SITUATION_HEAD, DraftContext, ReplySuggester, extract_slots
+from tests.factories import make_result
+from triage.drafts import (
+    SITUATION_HEAD,
+    DraftContext,
+    ReplySuggester,
+    SelectionWeights,
+    complaint_topic_prior,
+    extract_slots,
+)
 from triage.errors import ConfigError
 from triage.models.linear import HeadData, HeadSpec, LinearConfig, LinearEngine
 from triage.pipeline import TriagePipeline
@@ -203,7 +214,72 @@ def test_the_head_can_correct_the_topic_of_the_drafts(small_pipeline):
     )
     top = _suggester().suggest(result, situation_probs={("logistics", "late_delivery"): 0.9})[0]
     assert top.template_id.startswith("logistics.late_delivery.")
-    assert top.reason.startswith("topic logistics (0.45, over refund by the situation classifier)")
+    assert top.reason.startswith("topic logistics (0.45, over refund by the classifier)")
+
+
+def test_complaint_topic_prior_is_the_smoothed_log_share_of_the_complaints():
+    prior = complaint_topic_prior({"logistics": 7, "refund": 1}, ["logistics", "refund", "other"])
+    assert prior == pytest.approx(
+        {"logistics": math.log(8 / 11), "refund": math.log(2 / 11), "other": math.log(1 / 11)}
+    )
+
+
+def test_the_complaint_prior_decides_between_close_topics_and_the_reason_says_so():
+    weights = SelectionWeights(topic=1.0, classifier=0.5, similarity=0.0, keyword=0.0)
+    suggester = ReplySuggester(
+        BANK,
+        load_tone_rules(),
+        DraftContext(company="安心家电", hotline="400-800-1234"),
+        weights=replace(weights, complaint_prior=0.1),
+    )
+    probs = {("refund", "refund_delayed"): 0.4, ("logistics", "late_delivery"): 0.4}
+    prior = complaint_topic_prior({"logistics": 30, "refund": 5}, TAXONOMY.topic_ids)
+    scores = {"refund": 0.48, "logistics": 0.46}
+    complaint = make_result(topic="refund", text="麻烦尽快处理一下").model_copy(
+        update={"topic_scores": scores}
+    )
+    top = suggester.suggest(complaint, situation_probs=probs, topic_prior=prior)[0]
+    assert top.template_id.startswith("logistics.late_delivery.")
+    assert "of training complaints" in top.reason
+    assert "ahead of refund.refund_delayed by 0." in top.reason
+    assert "over refund by the complaint prior" in top.reason
+    assert "mostly the complaint prior" in top.reason
+    # Not a complaint: the prior does not apply and the topic head decides.
+    question = complaint.model_copy(update={"is_complaint": False})
+    top = suggester.suggest(question, situation_probs=probs, topic_prior=prior)[0]
+    assert top.template_id.startswith("refund.refund_delayed.")
+    assert "of training complaints" not in top.reason
+    assert "ahead of logistics.late_delivery by 0.02, mostly the topic" in top.reason
+
+
+def test_training_records_how_complaints_spread_over_topics(small_pipeline, small_train_file):
+    records = load_corpus(small_train_file, TAXONOMY)
+    expected = Counter(r.topic for r in records if r.is_complaint)
+    assert small_pipeline.engine.meta["data"]["complaint_topics"] == dict(sorted(expected.items()))
+    pipeline = TriagePipeline(small_pipeline.engine, suggester=_suggester())
+    result = pipeline([Message(text="快递五天了还没送到，催了好几次，太气人了")], replies=True)[0]
+    assert result.is_complaint
+    assert "of training complaints" in result.replies[0].reason
+
+
+@pytest.mark.parametrize(
+    "situation",
+    [
+        ("after_sales", "hazard_after_service"),
+        ("quality", "hygiene_issue"),
+        ("service", "unhelpful_staff"),
+        ("service", "long_wait"),
+        ("refund", "refund_request"),
+        ("collections", "statement_delivery"),
+    ],
+    ids=lambda key: ".".join(key),
+)
+def test_the_head_learns_the_bank_examples_of_the_newer_situations(small_pipeline, situation):
+    template = next(t for t in BANK.templates if (t.topic, t.situation) == situation)
+    pipeline = TriagePipeline(small_pipeline.engine, suggester=_suggester())
+    for example in template.examples:
+        top = pipeline([Message(text=example)], replies=True)[0].replies[0]
+        assert top.template_id.startswith(".".join(situation) + "."), (example, top.reason)
 
 
 def _pipeline_with_situation_labels(base: TriagePipeline, labels: list[str]) -> TriagePipeline:

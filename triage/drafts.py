@@ -19,7 +19,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Protocol
@@ -194,6 +194,28 @@ class SelectionWeights:
     classifier: float = 0.5  # x the situation head's probability of the (topic, situation)
     similarity: float = 0.125  # x the cosine of the message with the closest example
     keyword: float = 0.025  # x each situation keyword found, for at most MAX_KEYWORD_HITS
+    # x the log share of the situation's topic among the training complaints (complaints only):
+    # the topic head is trained with balanced classes over all messages, complaints are not.
+    complaint_prior: float = 0.0
+
+    def contributions(
+        self,
+        topic: Scores,
+        classifier: Scores,
+        similarity: Scores,
+        keywords: Scores,
+        prior: Scores | None = None,
+    ) -> dict[str, Scores]:
+        """Each signal's weighted part of the score (any array shape, all alike)."""
+        parts = {
+            "topic": self.topic * topic,
+            "classifier": self.classifier * classifier,
+            "similarity": self.similarity * similarity,
+            "keywords": self.keyword * np.minimum(keywords, MAX_KEYWORD_HITS),
+        }
+        if prior is not None:
+            parts["complaint prior"] = self.complaint_prior * prior
+        return parts
 
     def combine(
         self,
@@ -201,14 +223,25 @@ class SelectionWeights:
         classifier: Scores,
         similarity: Scores,
         keywords: Scores,
+        prior: Scores | None = None,
     ) -> Scores:
-        """Scores of situations (any array shape, all four alike); higher is better."""
-        return (
-            self.topic * topic
-            + self.classifier * classifier
-            + self.similarity * similarity
-            + self.keyword * np.minimum(keywords, MAX_KEYWORD_HITS)
-        )
+        """Scores of situations; higher is better."""
+        return total(self.contributions(topic, classifier, similarity, keywords, prior))
+
+
+def total(parts: Mapping[str, Scores]) -> Scores:
+    """The sum of the signals' parts: the score."""
+    scores: Scores = np.zeros(np.shape(next(iter(parts.values()))))
+    for part in parts.values():
+        scores = scores + part
+    return scores
+
+
+def complaint_topic_prior(counts: Mapping[str, int], topics: Sequence[str]) -> dict[str, float]:
+    """Log share of each topic among the training complaints (add-one smoothed), from a model's
+    data summary (``complaint_topics``)."""
+    total = sum(counts.get(topic, 0) for topic in topics) + len(topics)
+    return {topic: math.log((counts.get(topic, 0) + 1) / total) for topic in topics}
 
 
 @dataclass(frozen=True)
@@ -230,18 +263,50 @@ class _Situation:
     score: float
     similarity: float
     words: list[str]
-    topic_note: str = ""
+    topic_evidence: tuple[str, ...] = ()
     classifier: float | None = None
+    parts: Mapping[str, float] | None = None  # each signal's part of the score
+    decided: str = ""  # what set it ahead of the next situation
 
     def describe(self) -> str:
         signals = [] if self.classifier is None else [f"classifier {self.classifier:.2f}"]
         signals.append(f"similarity {self.similarity:.2f}")
         if self.words:
             signals.append(f"words {', '.join(self.words[:MAX_KEYWORD_HITS])}")
+        evidence = f" ({', '.join(self.topic_evidence)})" if self.topic_evidence else ""
         return (
-            f"topic {self.topic}{self.topic_note}; "
-            f"situation {self.situation} ({', '.join(signals)})"
+            f"topic {self.topic}{evidence}; "
+            f"situation {self.situation} ({', '.join(signals)}){self.decided}"
         )
+
+    def strongest_gain(self, other: _Situation) -> str:
+        """The signal that adds most to this situation's score over ``other``'s."""
+        mine, theirs = self.parts or {}, other.parts or {}
+        return max(mine, key=lambda name: mine[name] - theirs.get(name, 0.0))
+
+
+def _explained(situations: list[_Situation], triage_topic: str) -> list[_Situation]:
+    """Situations best first, the reason of the best naming the signal that set it ahead of
+    the next, and each situation of another topic than the triage topic naming the signal
+    that set it over the best situation of that topic."""
+    ranked = sorted(situations, key=lambda situation: -situation.score)
+    if not ranked or ranked[0].parts is None:
+        return ranked
+    own = next((s for s in ranked if s.topic == triage_topic), None)
+    explained = []
+    for situation in ranked:
+        if own is not None and situation.topic != triage_topic:
+            moved = f"over {triage_topic} by the {situation.strongest_gain(own)}"
+            situation = replace(situation, topic_evidence=(*situation.topic_evidence, moved))
+        explained.append(situation)
+    if len(explained) > 1:
+        best, runner_up = explained[0], explained[1]
+        explained[0] = replace(
+            best,
+            decided=f"; ahead of {runner_up.topic}.{runner_up.situation} by "
+            f"{best.score - runner_up.score:.2f}, mostly the {best.strongest_gain(runner_up)}",
+        )
+    return explained
 
 
 class ReplySuggester:
@@ -331,41 +396,58 @@ class ReplySuggester:
         similarities = self._index.similarities(result.masked_text)
         topics = [result.topic, *result.secondary_topics]
         hits = self.keywords.hits(result.masked_text, topics) if self.keywords else {}
-        return [
-            _Situation(
-                topic,
-                situation,
-                similarities[(topic, situation)]
-                + KEYWORD_WEIGHT * min(len(words), MAX_KEYWORD_HITS)
-                - SECONDARY_TOPIC_PENALTY * rank,
-                similarities[(topic, situation)],
-                words,
-                " (secondary)" if rank else "",
-            )
-            for rank, topic in enumerate(topics)
-            for t, situation in self._situations
-            if t == topic
-            for words in [hits.get((topic, situation), [])]
-        ]
+        situations = []
+        for rank, topic in enumerate(topics):
+            for t, situation in self._situations:
+                if t != topic:
+                    continue
+                words = hits.get((topic, situation), [])
+                parts = {
+                    "similarity": similarities[(topic, situation)],
+                    "keywords": KEYWORD_WEIGHT * min(len(words), MAX_KEYWORD_HITS),
+                    "topic rank": -SECONDARY_TOPIC_PENALTY * rank,
+                }
+                situations.append(
+                    _Situation(
+                        topic,
+                        situation,
+                        sum(parts.values()),
+                        similarities[(topic, situation)],
+                        words,
+                        ("secondary",) if rank else (),
+                        parts=parts,
+                    )
+                )
+        return situations
 
     def _by_classifier(
-        self, result: TriageResult, classifier: Mapping[tuple[str, str], float]
+        self,
+        result: TriageResult,
+        classifier: Mapping[tuple[str, str], float],
+        topic_prior: Mapping[str, float] | None,
     ) -> list[_Situation]:
-        """With a situation head: every situation of the bank, by :class:`SelectionWeights`."""
+        """With a situation head: every situation of the bank, by :class:`SelectionWeights`;
+        a complaint's topics are also weighed by their share of the training complaints."""
         similarities = self._index.similarities(result.masked_text)
         hits = self.keywords.hits(result.masked_text, self._topics) if self.keywords else {}
         topic_p = np.array([result.topic_scores.get(t, 0.0) for t, _ in self._situations])
         classifier_p = np.array([classifier.get(key, 0.0) for key in self._situations])
         similarity = np.array([similarities[key] for key in self._situations])
         words = [hits.get(key, []) for key in self._situations]
-        scores = self.weights.combine(
-            topic_p, classifier_p, similarity, np.array([len(w) for w in words], np.float64)
+        prior = (
+            np.array([topic_prior.get(t, min(topic_prior.values())) for t, _ in self._situations])
+            if topic_prior and result.is_complaint
+            else None
         )
+        parts = self.weights.contributions(
+            topic_p, classifier_p, similarity, np.array([len(w) for w in words], np.float64), prior
+        )
+        scores = total(parts)
         situations = []
         for i, (topic, situation) in enumerate(self._situations):
-            note = f" ({topic_p[i]:.2f})"
-            if topic != result.topic:
-                note = f" ({topic_p[i]:.2f}, over {result.topic} by the situation classifier)"
+            evidence = [f"{topic_p[i]:.2f}"]
+            if prior is not None:
+                evidence.append(f"{math.exp(prior[i]):.0%} of training complaints")
             situations.append(
                 _Situation(
                     topic,
@@ -373,8 +455,9 @@ class ReplySuggester:
                     float(scores[i]),
                     float(similarity[i]),
                     words[i],
-                    note,
+                    tuple(evidence),
                     float(classifier_p[i]),
+                    {name: float(part[i]) for name, part in parts.items()},
                 )
             )
         return situations
@@ -398,17 +481,21 @@ class ReplySuggester:
         values: Mapping[str, str | None] | None = None,
         top: int = 3,
         situation_probs: Mapping[tuple[str, str], float] | None = None,
+        topic_prior: Mapping[str, float] | None = None,
     ) -> list[ReplyDraft]:
         """Up to ``top`` drafts, best first; every draft passes the tone check.
 
         ``values`` are slot values from the request (e.g. ``product``); ``situation_probs`` the
-        model's situation head for this message, by the bank's (topic, situation).
+        model's situation head for this message, by the bank's (topic, situation);
+        ``topic_prior`` the log share of each topic among the model's training complaints
+        (:func:`complaint_topic_prior`), used with the head for complaints.
         """
         slots = self.slots(result, values)
-        situations = (
-            self._by_classifier(result, situation_probs)
+        situations = _explained(
+            self._by_classifier(result, situation_probs, topic_prior)
             if situation_probs
-            else self._by_topic(result)
+            else self._by_topic(result),
+            result.topic,
         )
         ranked: list[tuple[float, ReplyTemplate, _Situation, str, list[str]]] = []
         for situation in situations:

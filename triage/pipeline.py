@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from triage.cues import Cue, CueLexicon, load_cue_lexicon
-from triage.drafts import SITUATION_HEAD, ReplySuggester
+from triage.drafts import SITUATION_HEAD, ReplySuggester, complaint_topic_prior
 from triage.engines import Engine, load_engine
 from triage.errors import ConfigError, EmptyTextError, ModelError, TextTooLongError
 from triage.models.linear import FloatArray
@@ -91,6 +91,11 @@ class TriagePipeline:
             suggester.situation_keys(situation.labels, f"model {engine.name!r}")
             if suggester is not None and situation is not None
             else None
+        )
+        # How the model's training complaints spread over topics (absent in older models).
+        counts = engine.meta.get("data", {}).get("complaint_topics")
+        self._topic_prior = (
+            complaint_topic_prior(counts, self.taxonomy.topic_ids) if counts else None
         )
 
     @classmethod
@@ -281,6 +286,7 @@ class TriagePipeline:
                     situation_probs=self._situation_probs(
                         None if situations is None else situations[i]
                     ),
+                    topic_prior=self._topic_prior,
                 )
         return results
 
