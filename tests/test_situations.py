@@ -35,6 +35,7 @@ from triage.schemas import Message
 from triage.taxonomy import load_taxonomy
 from triage.training.corpus import CorpusRecord, load_corpus, seed_corpus_path
 from triage.training.situations import (
+    ACCEPTABLE_WEIGHT,
     load_situation_labels,
     seed_situations_path,
     situation_head_data,
@@ -162,6 +163,21 @@ def test_situation_head_overfits_a_tiny_set_and_survives_a_save(tmp_path):
     assert loaded.heads[SITUATION_HEAD].labels == head_labels
     reloaded = loaded.predict_proba(texts)[SITUATION_HEAD]
     assert [head_labels[i] for i in reloaded.argmax(axis=1)] == expected
+
+
+def test_acceptable_situations_train_the_head_with_a_lower_weight(tmp_path):
+    record = CorpusRecord.model_validate(RECORD)
+    path = tmp_path / "situations.jsonl"
+    label = {"id": "m1", "topic": "billing", "situation": "double_charge"}
+    path.write_text(json.dumps({**label, "acceptable": ["unexpected_fee"]}) + "\n", "utf-8")
+    labels = load_situation_labels(path, BANK, [record])
+    data = situation_head_data([record], ["扣了我两次钱"], labels, BANK, prepare_text)
+    assert data.weights is not None
+    own = [(t, w) for t, w in zip(data.labels, data.weights, strict=True)][:2]
+    assert own == [("billing.double_charge", 1.0), ("billing.unexpected_fee", ACCEPTABLE_WEIGHT)]
+    assert set(data.weights[2:]) == {1.0}  # the bank's examples
+    primary_only = situation_head_data([record], ["扣了我两次钱"], labels, BANK, prepare_text, 0)
+    assert len(primary_only.texts) == len(data.texts) - 1
 
 
 def test_training_without_labels_for_its_messages_gives_no_situation_head(
