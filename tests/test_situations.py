@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ from triage.schemas import Message, TriageResult
 from triage.taxonomy import load_taxonomy
 from triage.training.corpus import CorpusRecord, load_corpus, seed_corpus_path
 from triage.training.situations import (
+    ACCEPTABLE_WEIGHT,
     load_situation_labels,
     seed_situations_path,
     situation_head_data,
@@ -170,6 +172,21 @@ def test_situation_head_overfits_a_tiny_set_and_survives_a_save(tmp_path):
     assert [head_labels[i] for i in reloaded.argmax(axis=1)] == expected
 
 
+def test_acceptable_situations_train_the_head_with_a_lower_weight(tmp_path):
+    record = CorpusRecord.model_validate(RECORD)
+    path = tmp_path / "situations.jsonl"
+    label = {"id": "m1", "topic": "billing", "situation": "double_charge"}
+    path.write_text(json.dumps({**label, "acceptable": ["unexpected_fee"]}) + "\n", "utf-8")
+    labels = load_situation_labels(path, BANK, [record])
+    data = situation_head_data([record], ["扣了我两次钱"], labels, BANK, prepare_text)
+    assert data.weights is not None
+    own = [(t, w) for t, w in zip(data.labels, data.weights, strict=True)][:2]
+    assert own == [("billing.double_charge", 1.0), ("billing.unexpected_fee", ACCEPTABLE_WEIGHT)]
+    assert set(data.weights[2:]) == {1.0}  # the bank's examples
+    primary_only = situation_head_data([record], ["扣了我两次钱"], labels, BANK, prepare_text, 0)
+    assert len(primary_only.texts) == len(data.texts) - 1
+
+
 def test_training_without_labels_for_its_messages_gives_no_situation_head(
     tmp_path, small_train_file
 ):
@@ -221,6 +238,32 @@ def test_the_head_can_correct_the_topic_of_the_drafts(small_pipeline):
     top = _suggester().suggest(result, situation_probs={("logistics", "late_delivery"): 0.9})[0]
     assert top.template_id.startswith("logistics.late_delivery.")
     assert top.reason.startswith("topic logistics (0.45, over refund by the situation classifier)")
+
+
+def test_training_records_how_complaints_spread_over_topics(small_pipeline, small_train_file):
+    records = load_corpus(small_train_file, TAXONOMY)
+    expected = Counter(r.topic for r in records if r.is_complaint)
+    assert small_pipeline.engine.meta["data"]["complaint_topics"] == dict(sorted(expected.items()))
+
+
+@pytest.mark.parametrize(
+    "situation",
+    [
+        ("after_sales", "hazard_after_service"),
+        ("quality", "hygiene_issue"),
+        ("service", "unhelpful_staff"),
+        ("service", "long_wait"),
+        ("refund", "refund_request"),
+        ("collections", "statement_delivery"),
+    ],
+    ids=lambda key: ".".join(key),
+)
+def test_the_head_learns_the_bank_examples_of_the_newer_situations(small_pipeline, situation):
+    template = next(t for t in BANK.templates if (t.topic, t.situation) == situation)
+    pipeline = TriagePipeline(small_pipeline.engine, suggester=_suggester())
+    for example in template.examples:
+        top = pipeline([Message(text=example)], replies=True)[0].replies[0]
+        assert top.template_id.startswith(".".join(situation) + "."), (example, top.reason)
 
 
 def _pipeline_with_situation_labels(base: TriagePipeline, labels: list[str]) -> TriagePipeline:

@@ -3,7 +3,8 @@
 One JSON object per line, ``{"id", "topic", "situation", "acceptable", "note"?}``: the message's
 topic, the (topic's) situation a person judged best or ``"none"`` when the bank has no fitting
 one (``note`` then names the missing situation), and other situations that fit as well. They
-train the ``situation`` head of the linear engine, together with the bank's own example messages.
+train the ``situation`` head of the linear engine (the acceptable ones with a lower weight),
+together with the bank's own example messages.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from triage.taxonomy import Taxonomy
 from triage.training.corpus import CorpusRecord
 
 NO_SITUATION = "none"
+# The weight of a labeled message's row for each of its acceptable situations (its labeled
+# situation has weight 1): chosen out of fold on the training split (bench/situation_weights.py).
+ACCEPTABLE_WEIGHT = 0.5
 
 
 class SituationLabel(BaseModel):
@@ -107,27 +111,38 @@ def situation_head_data(
     labels: Sequence[SituationLabel],
     bank: TemplateBank,
     prepare: Callable[[str], str],
+    acceptable_weight: float = ACCEPTABLE_WEIGHT,
 ) -> HeadData:
-    """Rows of the situation head: the labeled messages that have a situation, the messages of
-    topics with a single situation in the bank (nothing to judge there), and every example
-    message of the bank (made ready for the model by ``prepare``, as ``texts`` were)."""
+    """Rows of the situation head: the labeled messages that have a situation (once more, with
+    ``acceptable_weight``, for each acceptable situation), the messages of topics with a single
+    situation in the bank (nothing to judge there), and every example message of the bank (made
+    ready for the model by ``prepare``, as ``texts`` were)."""
     by_id = {label.id: label for label in labels}
     situations_of = Counter(topic for topic, _ in bank.situations())
     only_situation = {topic: s for topic, s in bank.situations() if situations_of[topic] == 1}
-    rows: list[tuple[str, str]] = []
+    rows: list[tuple[str, str, float]] = []
     for record, text in zip(records, texts, strict=True):
         label = by_id.get(record.id)
         if label is not None:
             if label.situation != NO_SITUATION:
-                rows.append((text, situation_label(label.topic, label.situation)))
+                rows.append((text, situation_label(label.topic, label.situation), 1.0))
+                if acceptable_weight > 0:
+                    rows += [
+                        (text, situation_label(label.topic, other), acceptable_weight)
+                        for other in label.acceptable
+                    ]
         elif record.topic in only_situation:
-            rows.append((text, situation_label(record.topic, only_situation[record.topic])))
+            rows.append((text, situation_label(record.topic, only_situation[record.topic]), 1.0))
     rows += [
-        (prepare(example), situation_label(t.topic, t.situation))
+        (prepare(example), situation_label(t.topic, t.situation), 1.0)
         for t in bank.templates
         for example in t.examples
     ]
-    return HeadData([text for text, _ in rows], [label for _, label in rows])
+    return HeadData(
+        [text for text, _, _ in rows],
+        [label for _, label, _ in rows],
+        [weight for _, _, weight in rows],
+    )
 
 
 def situation_head(

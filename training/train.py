@@ -222,6 +222,10 @@ def data_summary(
         "topics": dict(sorted(Counter(r.topic for r in records).items())),
         "urgency": dict(sorted(Counter(r.urgency for r in records).items())),
         "complaints": sum(r.is_complaint for r in records),
+        # How the complaints spread over topics (shown in the model card's data summary).
+        "complaint_topics": dict(
+            sorted(Counter(r.topic for r in records if r.is_complaint).items())
+        ),
     }
 
 
