@@ -6,7 +6,13 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from triage.api.deps import BatcherDep, PipelineDep, RegistryDep, ServedModelDep, SettingsDep
+from triage.api.deps import (
+    PipelineDep,
+    RegistryDep,
+    ServedModelDep,
+    SettingsDep,
+    SingleTriageDep,
+)
 from triage.api.schemas import (
     BatchRequest,
     BatchResponse,
@@ -39,15 +45,12 @@ def tone_rules(pipeline: TriagePipeline) -> ToneRules:
 
 
 @router.post("/v1/triage", tags=["triage"], responses=_ERRORS, response_model=TriageResult)
-async def triage(
-    message: Message, settings: SettingsDep, pipeline: PipelineDep, batcher: BatcherDep
-) -> Response:
+async def triage(message: Message, triage_one: SingleTriageDep) -> Response:
     """Triage one message: topic, sentiment, urgency with its cues, complaint, review flags."""
     # One message takes well under a millisecond of CPU: running it on the event loop is
     # cheaper than a thread hand-off (concurrent requests share one model call), and the
     # result is serialised once, without re-validation.
-    check_messages([message], settings, pipeline.taxonomy, batch=False)
-    result = await batcher.triage(pipeline, message)
+    result = await triage_one(message)
     return Response(result.model_dump_json(), media_type="application/json")
 
 
@@ -65,12 +68,9 @@ def triage_batch(
 
 
 @router.post("/v1/replies/suggest", tags=["replies"], responses=_ERRORS)
-async def suggest_replies(
-    message: Message, settings: SettingsDep, pipeline: PipelineDep, batcher: BatcherDep
-) -> ReplySuggestResponse:
+async def suggest_replies(message: Message, triage_one: SingleTriageDep) -> ReplySuggestResponse:
     """Up to three reply drafts for a customer message, best first, each with its reason."""
-    check_messages([message], settings, pipeline.taxonomy, batch=False)
-    result = await batcher.triage(pipeline, message)
+    result = await triage_one(message)
     return ReplySuggestResponse(replies=result.replies, topic=result.topic, urgency=result.urgency)
 
 

@@ -10,7 +10,10 @@ The target is judged with a minimal asyncio HTTP/1.1 client (one kept-alive conn
 client), because client and server share this machine's cores and httpx spends more CPU per
 request than the server does; the same load through ``httpx.AsyncClient`` is reported beside
 it. Reference runs: one client; ``GET /healthz`` (the HTTP stack without the model); the
-pipeline in-process without HTTP. Server and client CPU per request come from ``/proc``.
+pipeline in-process without HTTP. Server and client CPU per request come from ``/proc``. For
+the raw client the table gives the lowest and highest mean latency of one connection: with
+several server processes (``--server-workers``) each kept-alive connection stays with the
+process that accepted it, and an uneven split shows as a wide range.
 """
 
 from __future__ import annotations
@@ -143,6 +146,9 @@ class Load:
         self.total, self.max_seconds = total, max_seconds
         self.issued = 0
         self.latencies: list[float] = []
+        # Per connection of the raw client: with several server processes each connection
+        # stays with the process that accepted it, so an uneven split shows here.
+        self.by_connection: dict[int, list[float]] = {}
         self.errors: dict[str, int] = {}
         self.started = self.deadline = 0.0
 
@@ -157,8 +163,11 @@ class Load:
         self.issued += 1
         return self.issued
 
-    def record(self, sent: float, error: str | None) -> None:
-        self.latencies.append(time.perf_counter() - sent)
+    def record(self, sent: float, error: str | None, connection: int | None = None) -> None:
+        latency = time.perf_counter() - sent
+        self.latencies.append(latency)
+        if connection is not None:
+            self.by_connection.setdefault(connection, []).append(latency)
         if error is not None:
             self.errors[error] = self.errors.get(error, 0) + 1
 
@@ -202,18 +211,20 @@ async def run_raw(load: Load, port: int, requests: list[bytes], clients: int) ->
     for index, (reader, writer) in enumerate(connections):  # warm-up
         await exchange(reader, writer, requests[index % len(requests)])
 
-    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def client(
+        connection: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         while (index := load.next_index()) is not None:
             sent = time.perf_counter()
             try:
                 status = await exchange(reader, writer, requests[index % len(requests)])
             except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
-                load.record(sent, type(exc).__name__)
+                load.record(sent, type(exc).__name__, connection)
                 return
-            load.record(sent, None if status == 200 else f"HTTP {status}")
+            load.record(sent, None if status == 200 else f"HTTP {status}", connection)
 
     load.start()
-    await asyncio.gather(*(client(r, w) for r, w in connections))
+    await asyncio.gather(*(client(i, r, w) for i, (r, w) in enumerate(connections)))
     for _, writer in connections:
         writer.close()
 
@@ -261,7 +272,11 @@ def measure(
         asyncio.run(run_raw(load, port, raw_requests(port, bodies), clients))
     else:
         asyncio.run(run_httpx(load, port, bodies, clients))
-    return summarize(load.latencies, load.errors, time.perf_counter() - load.started)
+    run = summarize(load.latencies, load.errors, time.perf_counter() - load.started)
+    if load.by_connection:
+        means = [1000 * float(np.mean(v)) for v in load.by_connection.values()]
+        run["connection_mean_ms"] = {"min": round(min(means), 2), "max": round(max(means), 2)}
+    return run
 
 
 def summarize(latencies: list[float], errors: dict[str, int], seconds: float) -> dict[str, Any]:
@@ -396,6 +411,9 @@ def main() -> None:
                 lat["max"],
                 run.get("server_cpu_ms_per_request", "-"),
                 run.get("client_cpu_ms_per_request", "-"),
+                "{min:g}–{max:g}".format(**run["connection_mean_ms"])
+                if "connection_mean_ms" in run
+                else "-",
                 status,
             ]
         )
@@ -412,6 +430,7 @@ def main() -> None:
                 "max ms",
                 "server CPU ms/req",
                 "client CPU ms/req",
+                "mean ms per connection (min–max)",
                 f"p99 ≤ {P99_TARGET_MS:g} ms",
             ],
             rows,

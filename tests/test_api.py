@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -302,6 +303,13 @@ def test_creating_the_app_does_not_load_the_model(
     app = create_app(small_settings(small_model_dir))
     assert app.state.pipeline is None
     assert isinstance(app_module.app, FastAPI)
+
+
+def test_serving_raises_the_young_gc_threshold_and_restores_it(small_model_dir: Path) -> None:
+    before = gc.get_threshold()
+    with TestClient(create_app(small_settings(small_model_dir))):
+        assert gc.get_threshold() == (app_module.YOUNG_GC_THRESHOLD, *before[1:])
+    assert gc.get_threshold() == before
 
 
 def test_missing_model_keeps_serving_with_503(

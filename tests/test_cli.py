@@ -372,10 +372,13 @@ def test_serve_with_workers_passes_settings_through_the_environment(
     monkeypatch.delenv("TRIAGE_HOST", raising=False)
 
     result = runner.invoke(
-        main, ["serve", "--port", "9124", "--workers", "2", "--model-dir", str(small_model_dir)]
+        main,
+        ["serve", "--port", "9124", "--workers", "2", "--model-dir", str(small_model_dir)],
+        env={"TRIAGE_WORKER_HEALTHCHECK_TIMEOUT": "90"},
     )
     assert result.exit_code == 0, result.output
     assert served["app"] == "triage.api.app:app" and served["workers"] == 2
+    assert served["timeout_worker_healthcheck"] == 90
     assert os.environ["TRIAGE_MODEL_DIR"] == str(small_model_dir)
     assert os.environ["TRIAGE_PORT"] == "9124"
 

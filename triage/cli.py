@@ -241,7 +241,12 @@ def serve(host: str | None, port: int | None, workers: int, model_dir: Path | No
         TRIAGE_PORT=str(settings.port),
         TRIAGE_MODEL_DIR=str(settings.model_dir),
     )
-    uvicorn.run("triage.api.app:app", workers=workers, **common)
+    uvicorn.run(
+        "triage.api.app:app",
+        workers=workers,
+        timeout_worker_healthcheck=settings.worker_healthcheck_timeout,
+        **common,
+    )
 
 
 def _train_summary(report: TrainReport) -> str:

@@ -86,6 +86,15 @@ class Settings(BaseSettings):
         description="concurrent POST /v1/triage and /v1/replies/suggest requests whose messages"
         " arrive together share one model call, up to this many (1: no micro-batching)",
     )
+    worker_healthcheck_timeout: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description="`triage serve --workers N`: seconds a worker may take to answer a health"
+        " check of uvicorn's supervisor before it is killed and restarted; a starting worker"
+        " answers only after its imports, which take over 5 s (uvicorn's default) on a busy"
+        " machine, so workers were restarted over and over",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = "info"
