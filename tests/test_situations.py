@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -24,6 +25,7 @@ from triage.drafts import (
     ExampleIndex,
     ReplySuggester,
     SelectionWeights,
+    complaint_topic_prior,
     extract_slots,
 )
 from triage.errors import ConfigError, InputError
@@ -55,13 +57,14 @@ PRODUCTS = load_product_lexicon()
 RULES = load_tone_rules()
 
 
-def _suggester() -> ReplySuggester:
+def _suggester(weights: SelectionWeights | None = None) -> ReplySuggester:
     return ReplySuggester(
         BANK,
         load_tone_rules(),
         DraftContext(company="安心家电", hotline="400-800-1234"),
         load_situation_keywords(BANK),
         PRODUCTS,
+        weights,
     )
 
 
@@ -240,6 +243,30 @@ def test_the_head_can_correct_the_topic_of_the_drafts(small_pipeline):
     assert top.reason.startswith("topic logistics (0.45, over refund by the situation classifier)")
 
 
+def test_a_complaint_is_weighed_by_its_topics_share_of_the_training_complaints(small_pipeline):
+    suggester = _suggester(SelectionWeights(complaint_prior=0.5))
+    result = small_pipeline.triage_one("快递五天了还没送到，催了好几次")
+    probs = {("logistics", "late_delivery"): 0.6}
+    counts = {"logistics": 30, "refund": 10}
+    prior = suggester.complaint_prior(counts)
+    share = complaint_topic_prior(counts, sorted({topic for topic, _ in BANK.situations()}))
+    complaint = result.model_copy(update={"is_complaint": True})
+    plain = suggester.suggest(complaint, situation_probs=probs)
+    weighed = suggester.suggest(complaint, situation_probs=probs, complaint_prior=prior)
+    assert weighed[0].template_id == plain[0].template_id
+    assert weighed[0].template_id.startswith("logistics.late_delivery.")
+    assert weighed[0].score == pytest.approx(plain[0].score + 0.5 * share["logistics"], abs=2e-3)
+    assert f"{math.exp(share['logistics']):.0%} of training complaints" in weighed[0].reason
+    # Other messages are not weighed: the prior describes complaints only.
+    other = result.model_copy(update={"is_complaint": False})
+    assert [
+        (d.template_id, d.score, d.reason)
+        for d in suggester.suggest(other, situation_probs=probs, complaint_prior=prior)
+    ] == [
+        (d.template_id, d.score, d.reason) for d in suggester.suggest(other, situation_probs=probs)
+    ]
+
+
 def test_training_records_how_complaints_spread_over_topics(small_pipeline, small_train_file):
     records = load_corpus(small_train_file, TAXONOMY)
     expected = Counter(r.topic for r in records if r.is_complaint)
@@ -255,6 +282,10 @@ def test_training_records_how_complaints_spread_over_topics(small_pipeline, smal
         ("service", "long_wait"),
         ("refund", "refund_request"),
         ("collections", "statement_delivery"),
+        ("quality", "hotel_room_quality"),
+        ("technical", "data_loss"),
+        ("billing", "renewal_price_increase"),
+        ("billing", "meter_reading_dispute"),
     ],
     ids=lambda key: ".".join(key),
 )
@@ -317,24 +348,32 @@ def test_models_without_the_head_rank_as_before(small_pipeline):
 
 
 def _drafts_by_definition(
-    suggester: ReplySuggester, result: TriageResult, probs: dict[tuple[str, str], float] | None
+    suggester: ReplySuggester,
+    result: TriageResult,
+    probs: dict[tuple[str, str], float] | None,
+    counts: dict[str, int] | None = None,
 ) -> list[tuple[str, float]]:
     """(template id, score) of the drafts as the ranking is defined, one template at a time:
-    the situation's score, plus the tone fit, minus each unfillable required slot; stable sort;
-    the first three that render and pass the tone check."""
+    the situation's score (with the complaint prior of the model's training complaints
+    ``counts`` for a complaint), plus the tone fit, minus each unfillable required slot; stable
+    sort; the first three that render and pass the tone check."""
     similarity = ExampleIndex(BANK.templates).similarities(result.masked_text)
     keywords = load_situation_keywords(BANK)
     hits = keywords.hits(result.masked_text, list(keywords.situations))
     slots = suggester.slots(result, {"product": None})
     fits = dict(zip(TONES, suggester._tone_fits(result), strict=True))
     if probs:
+        weights = SelectionWeights()
+        topics = sorted({topic for topic, _ in BANK.situations()})
+        share = complaint_topic_prior(counts, topics) if counts and result.is_complaint else None
         scores = {
             (topic, situation): float(
-                SelectionWeights().combine(
+                weights.combine(
                     np.array([result.topic_scores.get(topic, 0.0)]),
                     np.array([probs.get((topic, situation), 0.0)]),
                     np.array([similarity[(topic, situation)]]),
                     np.array([float(len(hits.get((topic, situation), [])))]),
+                    None if share is None else np.array([share[topic]]),
                 )[0]
             )
             for topic, situation in BANK.situations()
@@ -391,7 +430,9 @@ def test_drafts_are_ranked_exactly_as_defined(small_pipeline):
     for message, row in zip(messages, head[SITUATION_HEAD], strict=True):
         result = pipeline([message], replies=True)[0]
         probs = {tuple(label.split(".", 1)): float(p) for label, p in zip(labels, row, strict=True)}
-        expected = _drafts_by_definition(suggester, result, probs)
+        expected = _drafts_by_definition(
+            suggester, result, probs, small_pipeline.engine.meta["data"]["complaint_topics"]
+        )
         assert [(d.template_id, d.score) for d in result.replies] == expected
         without_head = suggester.suggest(result, {"product": None})
         assert [(d.template_id, d.score) for d in without_head] == _drafts_by_definition(

@@ -225,9 +225,12 @@ class SelectionWeights:
     """
 
     topic: float = 1.0  # x the topic head's probability of the situation's topic
-    classifier: float = 0.5  # x the situation head's probability of the (topic, situation)
-    similarity: float = 0.125  # x the cosine of the message with the closest example
-    keyword: float = 0.025  # x each situation keyword found, for at most MAX_KEYWORD_HITS
+    classifier: float = 2.0  # x the situation head's probability of the (topic, situation)
+    similarity: float = 0.25  # x the cosine of the message with the closest example
+    keyword: float = 0.1  # x each situation keyword found, for at most MAX_KEYWORD_HITS
+    # x the log share of the situation's topic among the model's training complaints, for
+    # complaints only: the topic head learns balanced classes, complaints crowd a few topics.
+    complaint_prior: float = 0.1
 
     def combine(
         self,
@@ -235,14 +238,24 @@ class SelectionWeights:
         classifier: Scores,
         similarity: Scores,
         keywords: Scores,
+        prior: Scores | None = None,
     ) -> Scores:
-        """Scores of situations (any array shape, all four alike); higher is better."""
-        return (
+        """Scores of situations (any array shape, all alike); higher is better. ``prior`` is
+        left out for messages that are not complaints."""
+        scores = (
             self.topic * topic
             + self.classifier * classifier
             + self.similarity * similarity
             + self.keyword * np.minimum(keywords, MAX_KEYWORD_HITS)
         )
+        return scores if prior is None else scores + self.complaint_prior * prior
+
+
+def complaint_topic_prior(counts: Mapping[str, int], topics: Sequence[str]) -> dict[str, float]:
+    """Log share of each topic among a model's training complaints (add-one smoothed), from its
+    data summary (``meta["data"]["complaint_topics"]``)."""
+    total = sum(counts.get(topic, 0) for topic in topics) + len(topics)
+    return {topic: math.log((counts.get(topic, 0) + 1) / total) for topic in topics}
 
 
 @dataclass(frozen=True)
@@ -292,6 +305,7 @@ class _Candidates:
     found: frozenset[str]  # the situation keywords that occur in the message
     topic_p: Scores | None = None  # with a situation head: of every situation of the bank
     classifier: Scores | None = None  # likewise
+    prior: Scores | None = None  # likewise, for a complaint: its topic's log complaint share
     secondary_rank: NDArray[np.int64] | None = None  # without one: 0 for the message's topic
 
 
@@ -447,16 +461,31 @@ class ReplySuggester:
         scores = similarity[positions] + KEYWORD_WEIGHT * keywords - SECONDARY_TOPIC_PENALTY * rank
         return _Candidates(positions, scores, similarity, found, secondary_rank=rank)
 
-    def _by_classifier(self, result: TriageResult, classifier_p: Scores) -> _Candidates:
-        """With a situation head: every situation of the bank, by :class:`SelectionWeights`."""
+    def _by_classifier(
+        self, result: TriageResult, classifier_p: Scores, prior: Scores | None
+    ) -> _Candidates:
+        """With a situation head: every situation of the bank, by :class:`SelectionWeights`
+        (with the complaint prior for complaints)."""
         similarity = self._index.situation_scores(result.masked_text)
         found = self._found(result.masked_text)
         topic_scores = result.topic_scores
         topic_p = np.array([topic_scores.get(t, 0.0) for t in self._topics])[self._situation_topic]
+        prior = prior if result.is_complaint and self.weights.complaint_prior else None
         scores = self.weights.combine(
-            topic_p, classifier_p, similarity, self._keyword_counts(found)
+            topic_p, classifier_p, similarity, self._keyword_counts(found), prior
         )
-        return _Candidates(self._all_positions, scores, similarity, found, topic_p, classifier_p)
+        return _Candidates(
+            self._all_positions, scores, similarity, found, topic_p, classifier_p, prior
+        )
+
+    def complaint_prior(self, counts: Mapping[str, int] | None) -> Scores | None:
+        """For each situation of the bank, the log share of its topic among a model's training
+        complaints (``counts``: its ``meta["data"]["complaint_topics"]``); None without them."""
+        if not counts:
+            return None
+        share = complaint_topic_prior(counts, self._topics)
+        prior: Scores = np.array([share[topic] for topic in self._topics])[self._situation_topic]
+        return prior
 
     def _classifier_scores(
         self, probs: Mapping[tuple[str, str], float] | Scores | None
@@ -481,12 +510,12 @@ class ReplySuggester:
             return _Situation(
                 topic, situation, float(candidates.scores[i]), similarity, words, note
             )
-        note = f" ({candidates.topic_p[position]:.2f})"
+        evidence = [f"{candidates.topic_p[position]:.2f}"]
+        if candidates.prior is not None:
+            evidence.append(f"{math.exp(candidates.prior[position]):.0%} of training complaints")
         if topic != result.topic:
-            note = (
-                f" ({candidates.topic_p[position]:.2f}, over {result.topic} by the situation"
-                " classifier)"
-            )
+            evidence.append(f"over {result.topic} by the situation classifier")
+        note = f" ({', '.join(evidence)})"
         return _Situation(
             topic,
             situation,
@@ -551,12 +580,14 @@ class ReplySuggester:
         values: Mapping[str, str | None] | None = None,
         top: int = 3,
         situation_probs: Mapping[tuple[str, str], float] | Scores | None = None,
+        complaint_prior: Scores | None = None,
     ) -> list[ReplyDraft]:
         """Up to ``top`` drafts, best first; every draft passes the tone check.
 
         ``values`` are slot values from the request (e.g. ``product``); ``situation_probs`` the
         model's situation head for this message, by the bank's (topic, situation) or as an
-        array in the order of :meth:`TemplateBank.situations`.
+        array in the order of :meth:`TemplateBank.situations`; ``complaint_prior`` the model's
+        :meth:`complaint_prior`, used with the head when the message is a complaint.
 
         A template scores as its situation, moved by how its tone suits the message and
         lowered for each required slot that cannot be filled; ties keep the order of
@@ -565,7 +596,7 @@ class ReplySuggester:
         slots = self.slots(result, values)
         classifier_p = self._classifier_scores(situation_probs)
         candidates = (
-            self._by_classifier(result, classifier_p)
+            self._by_classifier(result, classifier_p, complaint_prior)
             if classifier_p is not None
             else self._by_topic(result)
         )

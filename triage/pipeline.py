@@ -96,6 +96,12 @@ class TriagePipeline:
             if suggester is not None and situation is not None
             else None
         )
+        # How the model's training complaints spread over topics (weighs complaints' drafts).
+        self._complaint_prior = (
+            suggester.complaint_prior(engine.meta.get("data", {}).get("complaint_topics"))
+            if suggester is not None
+            else None
+        )
 
     @classmethod
     def from_directory(cls, directory: Path, **kwargs: Any) -> TriagePipeline:
@@ -286,6 +292,7 @@ class TriagePipeline:
                     result,
                     {"product": p.product},
                     situation_probs=None if situations is None else situations[i],
+                    complaint_prior=self._complaint_prior,
                 )
         return results
 
