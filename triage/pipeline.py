@@ -194,19 +194,27 @@ class TriagePipeline:
             )
         urgency = model_urgency
         floor_cues = sorted(prepared.cues, key=lambda c: self.taxonomy.urgency_rank(c.floor))
-        if floor_cues and self.taxonomy.urgency_rank(floor_cues[0].floor) < levels.index(urgency):
-            strongest = floor_cues[0]
+        gates = {c.kind: self._floor_gate(c, urgency_p) for c in floor_cues}
+        applied = [c for c in floor_cues if gates[c.kind] is None]
+        if applied and self.taxonomy.urgency_rank(applied[0].floor) < levels.index(urgency):
+            strongest = applied[0]
             urgency = strongest.floor
             explanation.append(
                 f"urgency raised from {model_urgency} (model) to {urgency} by cue "
-                f"{strongest.kind}: {strongest.text!r}"
+                f"{strongest.kind}: {strongest.text!r}" + self._gate_passed(strongest, urgency_p)
             )
         else:
-            confirming = [c for c in floor_cues if c.floor == urgency][:1]
+            confirming = [c for c in applied if c.floor == urgency][:1]
             explanation.append(
                 f"urgency {urgency} from the model ({urgency_p.max():.2f})"
                 + "".join(f", confirmed by cue {c.kind}: {c.text!r}" for c in confirming)
             )
+        first_of_kind = {c.kind: c for c in reversed(floor_cues)}.values()
+        explanation.extend(
+            f"cue {c.kind}: {c.text!r} did not raise urgency to {c.floor}: {gates[c.kind]}"
+            for c in sorted(first_of_kind, key=floor_cues.index)
+            if gates[c.kind] is not None and levels.index(c.floor) < levels.index(urgency)
+        )
 
         complaint_score = float(complaint_p[1])
         is_complaint = complaint_score >= t.complaint
@@ -248,6 +256,31 @@ class TriagePipeline:
             channel=prepared.channel,
             model=self.model_info,
             replies=[],  # explicit: model_construct would inspect the default factory each time
+        )
+
+    def _urgent_mass(self, cue: CueHit, urgency_p: FloatArray) -> float:
+        """The model's probability of the cue's floor or a more urgent level."""
+        return float(urgency_p[: self.taxonomy.urgency_rank(cue.floor) + 1].sum())
+
+    def _floor_gate(self, cue: CueHit, urgency_p: FloatArray) -> str | None:
+        """Why a gated cue's floor does not apply (the model finds its level too unlikely);
+        None when the floor applies."""
+        spec = self.lexicon.kinds.get(cue.kind)
+        gate = spec.min_model_probability if spec is not None else None
+        mass = self._urgent_mass(cue, urgency_p)
+        if gate is None or mass >= gate:
+            return None
+        return f"model P({cue.floor} or more urgent) {mass:.2f} < gate {gate:.2f}"
+
+    def _gate_passed(self, cue: CueHit, urgency_p: FloatArray) -> str:
+        """The gate a gated cue passed, for the explanation; empty for a hard floor."""
+        spec = self.lexicon.kinds.get(cue.kind)
+        if spec is None or spec.min_model_probability is None:
+            return ""
+        mass = self._urgent_mass(cue, urgency_p)
+        return (
+            f" (gated: model P({cue.floor} or more urgent) {mass:.2f} >= "
+            f"{spec.min_model_probability:.2f})"
         )
 
     def _sentiment_probabilities(self, probs: dict[str, FloatArray]) -> FloatArray:
