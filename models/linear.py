@@ -66,8 +66,9 @@ class LinearConfig:
     polarity_lexicon: bool = True
     # One extra word-block feature per urgency cue kind (triage/data/cues.yaml) that occurs,
     # not negated, in the text: the urgency head learns how much each kind matters instead of
-    # only obeying its floor. Models saved before this option existed load with it off.
-    cue_features: bool = False
+    # only obeying its floor (out of fold on the training split, it lifts P1 precision at the
+    # same recall; docs/benchmarks.md §6). Models saved before this option load with it off.
+    cue_features: bool = True
 
     def __post_init__(self) -> None:
         def fail(name: str, expected: str) -> None:
@@ -176,7 +177,9 @@ class Featurizer:
     Hashing is vectorised over a whole batch with NumPy and is the same on every platform and
     process (no use of Python's randomised ``hash``): a saved model needs no vocabulary. With
     ``config.polarity_lexicon`` the word block also counts the lexicon's positive and negative
-    hits, as two pseudo-words (the shipped lexicon unless ``lexicon`` is given).
+    hits, as two pseudo-words (the shipped lexicon unless ``lexicon`` is given); with
+    ``config.cue_features`` it counts one pseudo-word per urgency cue kind found (the shipped
+    cue lexicon unless ``cues`` is given).
     """
 
     def __init__(

@@ -34,9 +34,10 @@ class Thresholds:
 
     secondary_topic: float = 0.25
     # The most urgent level is chosen whenever the model gives it at least this probability,
-    # even if another level is likelier: missing a P1 costs more than a false alarm. 0.25 was
-    # chosen from 5-fold cross-validation on the seed training split (P1 recall 0.94).
-    top_urgency_probability: float = 0.25
+    # even if another level is likelier: missing a P1 costs more than a false alarm. 0.15 is
+    # the most precise threshold whose out-of-fold P1 recall on the seed training split reaches
+    # 0.97 (bench/urgency_threshold.py, 5 folds, with cue features and exclusions).
+    top_urgency_probability: float = 0.15
     # How much of the positive/negative split comes from the sentiment head (trained on
     # customer messages) rather than the polarity head (which also learned from product
     # reviews), for a model without a genre head; with one, the share is P(message) instead.
@@ -259,8 +260,10 @@ class TriagePipeline:
         )
 
     def _urgent_mass(self, cue: CueHit, urgency_p: FloatArray) -> float:
-        """The model's probability of the cue's floor or a more urgent level."""
-        return float(urgency_p[: self.taxonomy.urgency_rank(cue.floor) + 1].sum())
+        """The model's probability of the cue's floor or a more urgent level, rounded as in
+        ``urgency_scores`` (so a gate compares against the figure a user sees, not float32
+        noise)."""
+        return round(float(urgency_p[: self.taxonomy.urgency_rank(cue.floor) + 1].sum()), 4)
 
     def _floor_gate(self, cue: CueHit, urgency_p: FloatArray) -> str | None:
         """Why a gated cue's floor does not apply (the model finds its level too unlikely);
