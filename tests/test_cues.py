@@ -231,4 +231,3 @@ def test_hit_inside_an_exclusion_context_is_dropped(lexicon, text, kind):
 )
 def test_same_words_outside_the_exclusion_context_still_hit(lexicon, text, kind):
     assert kind in _kinds(lexicon.find(text))
-
