@@ -1,10 +1,11 @@
 """Choosing ``top_urgency_probability`` and the cue gates: P1 recall against precision, out of fold.
 
-The urgency head is fitted in 5 folds of the seed *training* split (the dev split plays no
-part); each message gets out-of-fold probabilities. Then, for each candidate P1 threshold and
-gate, the pipeline's rule is applied: P1 when P(P1) reaches the threshold, then the floor of
-every cue, except that a floor of a gated kind applies only when the model gives its level (or
-a more urgent one) at least the gate.
+The urgency and complaint heads are fitted in 5 folds of the seed *training* split (the dev
+split plays no part); each message gets out-of-fold probabilities. Then, for each candidate P1
+threshold and gate, the pipeline's rule is applied: P1 when P(P1) reaches the threshold, then
+the floor of every cue, except that a floor of a gated kind applies only when the gate opens: the
+message is judged a complaint (P >= 0.5, the default threshold) and/or the model gives the
+floor's level (or a more urgent one) at least the gate's probability.
 
 Gated kinds are those whose floor is right for fewer than ``--gate-below`` of the training
 messages they hit. The chosen pair is the most precise one whose out-of-fold P1 recall reaches
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,21 +32,56 @@ from triage.taxonomy import load_taxonomy
 from triage.training.corpus import load_corpus, seed_corpus_path
 from triage.training.train import prepare_text
 
-THRESHOLDS = (1.01, 0.3, 0.25, 0.2, 0.18, 0.16, 0.15, 0.14, 0.12, 0.1)
-GATES = (None, 0.03, 0.05, 0.08, 0.1, 0.15)
+THRESHOLDS = (1.01, 0.3, 0.25, 0.2, 0.18, 0.17, 0.16, 0.15, 0.14, 0.13, 0.12, 0.1)
+COMPLAINT_THRESHOLD = 0.5
 
 
-def out_of_fold_urgency(
-    texts: Sequence[str], gold: NDArray[np.int64], levels: list[str], config: LinearConfig
-) -> NDArray[np.float32]:
-    """Urgency probabilities of every message from a head fitted on the other four folds."""
-    probs = np.zeros((len(texts), len(levels)), np.float32)
+@dataclass(frozen=True)
+class Gate:
+    """A candidate gate: the complaint condition and/or a model probability (see FloorGate)."""
+
+    complaint: bool
+    min_model_probability: float | None
+
+    def __str__(self) -> str:
+        parts = (["complaint"] if self.complaint else []) + (
+            [f"P >= {self.min_model_probability}"] if self.min_model_probability else []
+        )
+        return " or ".join(parts)
+
+
+GATES = (
+    None,
+    *(Gate(False, p) for p in (0.05, 0.1, 0.2)),
+    *(Gate(True, p) for p in (None, 0.05, 0.1, 0.2)),
+)
+
+
+def out_of_fold(
+    texts: Sequence[str],
+    gold: NDArray[np.int64],
+    complaints: Sequence[str],
+    levels: list[str],
+    config: LinearConfig,
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Urgency probabilities and P(complaint) of every message, from heads fitted on the other
+    four folds."""
+    urgency = np.zeros((len(texts), len(levels)), np.float32)
+    complaint = np.zeros(len(texts), np.float32)
     folds = StratifiedKFold(5, shuffle=True, random_state=0).split(texts, gold)
     for fit_rows, held_out in tqdm(list(folds), desc="folds", unit="fold"):
-        data = HeadData([texts[i] for i in fit_rows], [levels[gold[i]] for i in fit_rows])
-        engine = LinearEngine.fit(config, {"urgency": data}, {"urgency": levels})
-        probs[held_out] = engine.predict_proba([texts[i] for i in held_out])["urgency"]
-    return probs
+        fit_texts = [texts[i] for i in fit_rows]
+        data = {
+            "urgency": HeadData(fit_texts, [levels[gold[i]] for i in fit_rows]),
+            "complaint": HeadData(fit_texts, [complaints[i] for i in fit_rows]),
+        }
+        engine = LinearEngine.fit(
+            config, data, {"urgency": levels, "complaint": ["no", "yes"]}, idf_head="urgency"
+        )
+        probs = engine.predict_proba([texts[i] for i in held_out])
+        urgency[held_out] = probs["urgency"]
+        complaint[held_out] = probs["complaint"][:, 1]
+    return urgency, complaint
 
 
 def kind_precision(
@@ -69,17 +106,22 @@ def kind_precision(
 
 def decide(
     probs: NDArray[np.float32],
+    complaint: NDArray[np.float32],
     hits: list[list[tuple[str, int]]],
     threshold: float,
-    gate: float | None,
+    gate: Gate | None,
     gated: set[str],
 ) -> NDArray[np.int64]:
     """The pipeline's urgency rule with a P1 threshold and one gate for the gated kinds."""
     predicted = np.where(probs[:, 0] >= threshold, 0, probs.argmax(axis=1))
     for i, row in enumerate(hits):
         for kind, floor in row:
-            if gate is not None and kind in gated and probs[i, : floor + 1].sum() < gate:
-                continue
+            if gate is not None and kind in gated:
+                opened = gate.complaint and complaint[i] >= COMPLAINT_THRESHOLD
+                if gate.min_model_probability is not None:
+                    opened = opened or probs[i, : floor + 1].sum() >= gate.min_model_probability
+                if not opened:
+                    continue
             predicted[i] = min(predicted[i], floor)
     return predicted
 
@@ -90,7 +132,7 @@ def main() -> None:
         "--linear",
         type=json.loads,
         default={},
-        help="non-default LinearConfig fields as JSON, e.g. '{\"cue_features\": false}'",
+        help="non-default LinearConfig fields as JSON, e.g. '{\"cue_features\": true}'",
     )
     parser.add_argument("--recall", type=float, default=0.97, help="out-of-fold P1 recall")
     parser.add_argument("--gate-below", type=float, default=0.8, help="floor precision")
@@ -103,7 +145,8 @@ def main() -> None:
     texts = [prepare_text(r.text) for r in records]
     gold = np.array([levels.index(r.urgency) for r in records])
     hits = [[(c.kind, levels.index(c.floor)) for c in lexicon.find(t)] for t in texts]
-    probs = out_of_fold_urgency(texts, gold, levels, LinearConfig(**args.linear))
+    complaints = ["yes" if r.is_complaint else "no" for r in records]
+    probs, complaint = out_of_fold(texts, gold, complaints, levels, LinearConfig(**args.linear))
 
     kinds = kind_precision(hits, gold, lexicon)
     gated = {row["kind"] for row in kinds if row["floor right"] < args.gate_below}
@@ -113,11 +156,11 @@ def main() -> None:
     rows = []
     for gate in GATES:
         for threshold in THRESHOLDS:
-            predicted = decide(probs, hits, threshold, gate, gated)
+            predicted = decide(probs, complaint, hits, threshold, gate, gated)
             hit = (predicted == 0) & (gold == 0)
             rows.append(
                 {
-                    "gate": "none" if gate is None else gate,
+                    "gate": str(gate or "none"),
                     "threshold": "argmax only" if threshold > 1 else threshold,
                     "P1 recall": round(float(hit.sum() / (gold == 0).sum()), 3),
                     "P1 precision": round(float(hit.sum() / max(1, (predicted == 0).sum())), 3),

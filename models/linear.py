@@ -65,10 +65,10 @@ class LinearConfig:
     # Models saved before this option existed load with it off.
     polarity_lexicon: bool = True
     # One extra word-block feature per urgency cue kind (triage/data/cues.yaml) that occurs,
-    # not negated, in the text: the urgency head learns how much each kind matters instead of
-    # only obeying its floor (out of fold on the training split, it lifts P1 precision at the
-    # same recall; docs/benchmarks.md §6). Models saved before this option load with it off.
-    cue_features: bool = True
+    # not negated and not excluded, in the text, so that the heads can weigh each kind. Off:
+    # out of fold on the training split it moved P1 probabilities up without improving P1
+    # precision at equal recall (docs/benchmarks.md §6). Models saved before it load with it off.
+    cue_features: bool = False
 
     def __post_init__(self) -> None:
         def fail(name: str, expected: str) -> None:

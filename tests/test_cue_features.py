@@ -13,8 +13,8 @@ from triage.cues import load_cue_lexicon_file
 from triage.errors import ConfigError, ModelError
 from triage.models.linear import CUES_FILE, Featurizer, HeadData, LinearConfig, LinearEngine
 
-SMALL = LinearConfig(char_features_log2=12, word_features_log2=12)
-WITHOUT_CUES = LinearConfig(char_features_log2=12, word_features_log2=12, cue_features=False)
+SMALL = LinearConfig(char_features_log2=12, word_features_log2=12, cue_features=True)
+WITHOUT_CUES = LinearConfig(char_features_log2=12, word_features_log2=12)
 
 
 def _cue_columns(text: str) -> set[int]:

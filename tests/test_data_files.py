@@ -181,14 +181,24 @@ def test_bad_exclusion_pattern_is_rejected(tmp_path):
 
 
 @pytest.mark.parametrize("gate", [-0.1, 1.5, "high"])
-def test_gate_outside_zero_to_one_is_rejected(tmp_path, gate):
+def test_gate_probability_outside_zero_to_one_is_rejected(tmp_path, gate):
     def mutate(data: dict[str, Any]) -> None:
-        data["kinds"]["media"]["min_model_probability"] = gate
+        data["kinds"]["media"]["gate"] = {"min_model_probability": gate}
 
     path, message = _broken_cues(tmp_path, mutate)
     assert str(path) in message
-    assert "kinds.media.min_model_probability" in message
-    assert repr(gate) in message or str(gate) in message
+    assert "kinds.media.gate.min_model_probability" in message
+    assert str(gate) in message
+
+
+def test_gate_without_a_condition_is_rejected(tmp_path):
+    def mutate(data: dict[str, Any]) -> None:
+        data["kinds"]["media"]["gate"] = {"complaint": False}
+
+    path, message = _broken_cues(tmp_path, mutate)
+    assert str(path) in message
+    assert "kinds.media.gate" in message
+    assert "min_model_probability (0 to 1) or complaint: true" in message
 
 
 @pytest.mark.parametrize("bad_term", [123, None, ["nested"]])

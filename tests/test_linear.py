@@ -220,13 +220,7 @@ def test_char_segmenter_config_fits_too():
 
 def test_save_writes_config_weights_and_card_and_no_pickle(saved):
     names = sorted(p.name for p in saved.iterdir())
-    assert names == [
-        "README.md",
-        "config.json",
-        "cue_lexicon.json",
-        "model.safetensors",
-        "polarity_lexicon.json",
-    ]
+    assert names == ["README.md", "config.json", "model.safetensors", "polarity_lexicon.json"]
     for path in saved.rglob("*"):
         assert path.suffix not in {".pkl", ".pickle", ".joblib", ".npy", ".npz", ".pt"}
         # The pickle protocol 2+ header; safetensors files start with a little-endian length.

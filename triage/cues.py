@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from triage.resources import compilable_patterns, load_data_file, packaged_data_path
 from triage.taxonomy import Taxonomy
@@ -91,6 +91,23 @@ class NegationSpec(_Strict):
         return any(word in before for word in self.words)
 
 
+class FloorGate(_Strict):
+    """When a cue kind's floor applies: if any of the given conditions holds."""
+
+    # The urgency model gives the floor's level, or a more urgent one, at least this.
+    min_model_probability: float | None = Field(default=None, ge=0.0, le=1.0)
+    # The message is judged a complaint (complaint score >= the model's complaint threshold).
+    complaint: bool = False
+
+    @model_validator(mode="after")
+    def _some_condition(self) -> FloorGate:
+        if self.min_model_probability is None and not self.complaint:
+            raise ValueError(
+                "a gate needs min_model_probability (0 to 1) or complaint: true (got neither)"
+            )
+        return self
+
+
 class CueKindSpec(_Strict):
     floor: str
     description: str
@@ -100,10 +117,9 @@ class CueKindSpec(_Strict):
     # inside a match of one of these terms or patterns is dropped.
     exclude_terms: list[str] = Field(default_factory=list)
     exclude_patterns: list[str] = Field(default_factory=list)
-    # A gated floor applies only when the urgency model gives the floor's level (or a more
-    # urgent one) at least this probability; absent, the floor always applies. For kinds whose
-    # words often appear in harmless messages (chosen out of fold, see docs/model.md).
-    min_model_probability: float | None = Field(default=None, ge=0.0, le=1.0)
+    # Absent, the floor always applies; for kinds whose words often appear in harmless
+    # messages, a gate makes it conditional (chosen out of fold, see docs/model.md).
+    gate: FloorGate | None = None
 
     _compilable = field_validator("patterns", "exclude_patterns")(compilable_patterns)
 
