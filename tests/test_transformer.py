@@ -263,9 +263,10 @@ def test_faster_runtimes_agree_with_fp32(
     fast = TransformerEngine.load(saved, {"runtime": runtime, "threads": 1})
     texts = [t for t, _, _ in ROWS]
     reference, probs = engine.predict_proba(texts), fast.predict_proba(texts)
+    # Within 0.05 of fp32 everywhere; labels are not compared, as quantisation may flip a near
+    # tie of this tiny random model (it did when the corpus, and so the vocabulary, grew).
     for head in HEADS:
         np.testing.assert_allclose(probs[head], reference[head], atol=0.05)
-        assert probs[head].argmax(axis=1).tolist() == reference[head].argmax(axis=1).tolist()
 
 
 def test_cli_trains_a_transformer_the_pipeline_runs(
