@@ -42,6 +42,7 @@ def measure_engine(engine: Engine, records: Sequence[CorpusRecord]) -> dict[str,
             "topic macro-F1": metrics["topic"]["macro_f1"],
             "P1 recall": metrics["urgency"]["per_class"]["P1"]["recall"],
             "P1 support": metrics["urgency"]["per_class"]["P1"]["support"],
+            "P1 precision": metrics["urgency"]["per_class"]["P1"]["precision"],
             "complaint F1": metrics["complaint"]["per_class"]["yes"]["f1"],
         },
         "needs_review_rate": metrics["needs_review_rate"],
@@ -95,6 +96,7 @@ def main() -> None:
         ]
         for name, target in TARGETS.items()
     ]
+    rows.append(["P1 precision", key["P1 precision"], "-", "-"])
     rows.append(["needs_review rate", result["needs_review_rate"], "-", "-"])
     print(markdown_table(["metric", "value", "target", "status"], rows))
     path = write_result(

@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from sklearn.linear_model import LogisticRegression
 
+from triage.cues import CueLexicon, load_cue_lexicon_file
 from triage.errors import ConfigError, ModelError
 from triage.models.card import MetaIdentity, library_versions, non_default_fields, write_model_card
 from triage.polarity import PolarityLexicon, load_polarity_lexicon
@@ -32,6 +33,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 # The lexicon a model's polarity features were counted with, saved beside its weights.
 LEXICON_FILE = "polarity_lexicon.json"
+# The urgency cue lexicon a model's cue features were counted with, saved beside its weights.
+CUES_FILE = "cue_lexicon.json"
 FORMAT_VERSION = 2
 
 
@@ -61,6 +64,11 @@ class LinearConfig:
     # lexicon (triage/data/polarity_lexicon.yaml), negation-aware; see triage/polarity.py.
     # Models saved before this option existed load with it off.
     polarity_lexicon: bool = True
+    # One extra word-block feature per urgency cue kind (triage/data/cues.yaml) that occurs,
+    # not negated and not excluded, in the text, so that the heads can weigh each kind. Off:
+    # out of fold on the training split it moved P1 probabilities up without improving P1
+    # precision at equal recall (docs/benchmarks.md §6). Models saved before it load with it off.
+    cue_features: bool = False
 
     def __post_init__(self) -> None:
         def fail(name: str, expected: str) -> None:
@@ -95,8 +103,9 @@ class LinearConfig:
             fail("regularization_c", "positive values")
         if self.class_weight not in (None, "balanced"):
             fail("class_weight", "'balanced' or null")
-        if not isinstance(self.polarity_lexicon, bool):
-            fail("polarity_lexicon", "true or false")
+        for name in ("polarity_lexicon", "cue_features"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "true or false")
 
     def non_defaults(self) -> dict[str, Any]:
         return non_default_fields(self)
@@ -168,7 +177,9 @@ class Featurizer:
     Hashing is vectorised over a whole batch with NumPy and is the same on every platform and
     process (no use of Python's randomised ``hash``): a saved model needs no vocabulary. With
     ``config.polarity_lexicon`` the word block also counts the lexicon's positive and negative
-    hits, as two pseudo-words (the shipped lexicon unless ``lexicon`` is given).
+    hits, as two pseudo-words (the shipped lexicon unless ``lexicon`` is given); with
+    ``config.cue_features`` it counts one pseudo-word per urgency cue kind found (the shipped
+    cue lexicon unless ``cues`` is given).
     """
 
     def __init__(
@@ -177,9 +188,11 @@ class Featurizer:
         idf_char: FloatArray,
         idf_word: FloatArray,
         lexicon: PolarityLexicon | None = None,
+        cues: CueLexicon | None = None,
     ):
         self.config = config
         self.lexicon = (lexicon or load_polarity_lexicon()) if config.polarity_lexicon else None
+        self.cues = (cues or load_cue_lexicon_file()) if config.cue_features else None
         self.segmenter = Segmenter(config.segmenter)
         self.idf_char = idf_char
         self.idf_word = idf_word
@@ -219,10 +232,9 @@ class Featurizer:
         word_rows, word_columns = _hashed_ngrams(
             word_codes, word_owners, range(1, self.config.word_ngram_max + 1), self.word_width
         )
-        if self.lexicon is not None:
-            lexicon_rows, lexicon_columns = self._lexicon_hits(lowered)
-            word_rows = np.concatenate([word_rows, lexicon_rows])
-            word_columns = np.concatenate([word_columns, lexicon_columns])
+        for pseudo_rows, pseudo_columns in (self._lexicon_hits(lowered), self._cue_hits(lowered)):
+            word_rows = np.concatenate([word_rows, pseudo_rows])
+            word_columns = np.concatenate([word_columns, pseudo_columns])
         keys = np.concatenate([char_rows, word_rows]) * self.n_features + np.concatenate(
             [char_columns, word_columns + self.char_width]
         )
@@ -233,19 +245,34 @@ class Featurizer:
             indptr, unique_keys % self.n_features, counts.astype(np.float32), self.n_features
         )
 
-    def _lexicon_hits(self, lowered: Sequence[str]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-        """(row, word column) of each polarity-lexicon hit, one pseudo-word per polarity."""
-        assert self.lexicon is not None
-        codes = {
-            True: self._token_code("\x00polarity:positive"),
-            False: self._token_code("\x00polarity:negative"),
-        }
-        hits = [[codes[hit.positive] for hit in self.lexicon.find(t)] for t in lowered]
+    def _pseudo_words(
+        self, words: Sequence[Sequence[str]]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """(row, word column) of extra pseudo-words per text (never a real token: they start
+        with a NUL character)."""
+        codes = [[self._token_code("\x00" + word) for word in row] for row in words]
         return _hashed_ngrams(
-            np.fromiter((c for row in hits for c in row), dtype=np.uint64),
-            np.repeat(np.arange(len(lowered)), [len(row) for row in hits]),
+            np.fromiter((c for row in codes for c in row), dtype=np.uint64),
+            np.repeat(np.arange(len(words)), [len(row) for row in codes]),
             range(1, 2),
             self.word_width,
+        )
+
+    def _lexicon_hits(self, lowered: Sequence[str]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """One pseudo-word per polarity-lexicon hit: ``polarity:positive`` or ``:negative``."""
+        if self.lexicon is None:
+            return self._pseudo_words([])
+        polarity = {True: "polarity:positive", False: "polarity:negative"}
+        return self._pseudo_words(
+            [[polarity[hit.positive] for hit in self.lexicon.find(t)] for t in lowered]
+        )
+
+    def _cue_hits(self, lowered: Sequence[str]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """One pseudo-word ``cue:<kind>`` per kind of urgency cue found in a text."""
+        if self.cues is None:
+            return self._pseudo_words([])
+        return self._pseudo_words(
+            [sorted({f"cue:{hit.kind}" for hit in self.cues.find(t)}) for t in lowered]
         )
 
     def weighted(self, texts: Sequence[str]) -> SparseRows:
@@ -263,15 +290,25 @@ class Featurizer:
 
     @classmethod
     def fit(
-        cls, config: LinearConfig, texts: Sequence[str], lexicon: PolarityLexicon | None = None
+        cls,
+        config: LinearConfig,
+        texts: Sequence[str],
+        lexicon: PolarityLexicon | None = None,
+        cues: CueLexicon | None = None,
     ) -> Featurizer:
-        unfitted = cls(config, np.ones(1, np.float32), np.ones(1, np.float32), lexicon)
+        unfitted = cls(config, np.ones(1, np.float32), np.ones(1, np.float32), lexicon, cues)
         counts = unfitted.counts(texts)
         document_frequency = np.bincount(counts.columns, minlength=unfitted.n_features)
         n_documents = len(texts)
         smoothed: FloatArray = np.log((1 + n_documents) / (1 + document_frequency)) + 1
         idf = smoothed.astype(np.float32)
-        return cls(config, idf[: unfitted.char_width], idf[unfitted.char_width :], unfitted.lexicon)
+        return cls(
+            config,
+            idf[: unfitted.char_width],
+            idf[unfitted.char_width :],
+            unfitted.lexicon,
+            unfitted.cues,
+        )
 
 
 class LinearEngine(MetaIdentity):
@@ -410,16 +447,18 @@ class LinearEngine(MetaIdentity):
             tensors[f"heads.{name}.bias"] = np.ascontiguousarray(self.biases[part])
         weights_path = directory / WEIGHTS_FILE
         save_file(tensors, str(weights_path))
-        lexicon = self.featurizer.lexicon
-        if lexicon is not None:
-            (directory / LEXICON_FILE).write_text(
-                lexicon.model_dump_json(indent=2) + "\n", encoding="utf-8"
-            )
         self.meta.update(meta or {})
-        # The version identifies behaviour: the weights and the decision thresholds.
+        # The version identifies behaviour: the weights, the lexicons features were counted
+        # with and the decision thresholds.
         digest = hashlib.sha256(weights_path.read_bytes())
-        if lexicon is not None:
-            digest.update((directory / LEXICON_FILE).read_bytes())
+        for file_name, lexicon in (
+            (LEXICON_FILE, self.featurizer.lexicon),
+            (CUES_FILE, self.featurizer.cues),
+        ):
+            if lexicon is not None:
+                text = lexicon.model_dump_json(indent=2) + "\n"
+                (directory / file_name).write_text(text, encoding="utf-8")
+                digest.update(text.encode("utf-8"))
         digest.update(json.dumps(self.meta.get("thresholds", {}), sort_keys=True).encode())
         self.meta["version"] = digest.hexdigest()[:12]
         config = {
@@ -464,19 +503,30 @@ class LinearEngine(MetaIdentity):
                 f"{config_path}: expected engine 'linear' format {FORMAT_VERSION} (got {got!r})"
             )
         try:
-            config = LinearConfig(**{"polarity_lexicon": False, **saved["features"]})
-            lexicon = cls._saved_lexicon(directory) if config.polarity_lexicon else None
-            return cls._from_saved(config, saved, tensors, lexicon)
+            config = LinearConfig(
+                **{"polarity_lexicon": False, "cue_features": False, **saved["features"]}
+            )
+            lexicon = (
+                load_polarity_lexicon(cls._saved_file(directory, LEXICON_FILE))
+                if config.polarity_lexicon
+                else None
+            )
+            cues = (
+                load_cue_lexicon_file(cls._saved_file(directory, CUES_FILE))
+                if config.cue_features
+                else None
+            )
+            return cls._from_saved(config, saved, tensors, lexicon, cues)
         except (KeyError, TypeError, ValueError, IndexError, ConfigError) as exc:
             raise ModelError(f"{directory}: incomplete or inconsistent model ({exc!r})") from exc
 
     @staticmethod
-    def _saved_lexicon(directory: Path) -> PolarityLexicon:
-        """The lexicon the model was trained with (not the shipped one, which may have changed)."""
-        path = directory / LEXICON_FILE
+    def _saved_file(directory: Path, name: str) -> Path:
+        """A lexicon the model was trained with (not the shipped one, which may have changed)."""
+        path = directory / name
         if not path.is_file():
-            raise ModelError(f"{directory}: {LEXICON_FILE} missing (the config uses the lexicon)")
-        return load_polarity_lexicon(path)
+            raise ModelError(f"{directory}: {name} missing (the config uses that lexicon)")
+        return path
 
     @classmethod
     def _from_saved(
@@ -485,9 +535,10 @@ class LinearEngine(MetaIdentity):
         saved: dict[str, Any],
         tensors: dict[str, FloatArray],
         lexicon: PolarityLexicon | None,
+        cues: CueLexicon | None,
     ) -> LinearEngine:
         featurizer = Featurizer(
-            config, tensors["features.char.idf"], tensors["features.word.idf"], lexicon
+            config, tensors["features.char.idf"], tensors["features.word.idf"], lexicon, cues
         )
         heads = {name: HeadSpec(**spec) for name, spec in saved["heads"].items()}
         blocks, biases = [], []

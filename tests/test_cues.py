@@ -202,3 +202,32 @@ def test_hotline_numbers_do_not_match_inside_longer_numbers(lexicon, text):
 def test_hotline_numbers_still_match_next_to_words(lexicon):
     assert _kinds(lexicon.find("打12345热线")) == ["regulator"]
     assert _kinds(lexicon.find("我要打12315")) == ["regulator"]
+
+
+# --- exclusion contexts ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("家里的烟雾报警器怎么换电池", "legal"),
+        ("市第二人民医院设备科:请寄发票", "safety"),
+        ("包装上的logo印歪了", "safety"),
+        ("空调6月10日报修,至今没人来", "media"),
+    ],
+)
+def test_hit_inside_an_exclusion_context_is_dropped(lexicon, text, kind):
+    assert kind not in _kinds(lexicon.find(text))
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("再打电话骚扰我就报警", "legal"),
+        ("孩子吃完吐了,已经送医院", "safety"),
+        ("护栏歪了,随时会倒", "safety"),
+        ("我要找日报的记者曝光你们", "media"),
+    ],
+)
+def test_same_words_outside_the_exclusion_context_still_hit(lexicon, text, kind):
+    assert kind in _kinds(lexicon.find(text))

@@ -170,6 +170,37 @@ def test_bad_regular_expression_is_rejected(tmp_path):
     assert "(unclosed" in message
 
 
+def test_bad_exclusion_pattern_is_rejected(tmp_path):
+    def mutate(data: dict[str, Any]) -> None:
+        data["kinds"]["legal"]["exclude_patterns"] = ["报警[器"]
+
+    path, message = _broken_cues(tmp_path, mutate)
+    assert str(path) in message
+    assert "kinds.legal.exclude_patterns" in message
+    assert "报警[器" in message
+
+
+@pytest.mark.parametrize("gate", [-0.1, 1.5, "high"])
+def test_gate_probability_outside_zero_to_one_is_rejected(tmp_path, gate):
+    def mutate(data: dict[str, Any]) -> None:
+        data["kinds"]["media"]["gate"] = {"min_model_probability": gate}
+
+    path, message = _broken_cues(tmp_path, mutate)
+    assert str(path) in message
+    assert "kinds.media.gate.min_model_probability" in message
+    assert str(gate) in message
+
+
+def test_gate_without_a_condition_is_rejected(tmp_path):
+    def mutate(data: dict[str, Any]) -> None:
+        data["kinds"]["media"]["gate"] = {"complaint": False}
+
+    path, message = _broken_cues(tmp_path, mutate)
+    assert str(path) in message
+    assert "kinds.media.gate" in message
+    assert "min_model_probability (0 to 1) or complaint: true" in message
+
+
 @pytest.mark.parametrize("bad_term", [123, None, ["nested"]])
 def test_non_string_term_is_rejected(tmp_path, bad_term):
     index = len(_shipped("cues.yaml")["kinds"]["safety"]["terms"])

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from triage.cues import CueLexicon
 from triage.engines import Engine
 from triage.errors import InputError, ModelError
 from triage.models.linear import FloatArray, HeadData, HeadSpec, LinearConfig, LinearEngine
@@ -17,26 +18,47 @@ from triage.taxonomy import Taxonomy, load_taxonomy
 
 
 class _FixedUrgency:
-    """Wraps an engine, except that its urgency head always says ``urgency`` with certainty."""
+    """Wraps an engine, except that its urgency head always gives the same probabilities
+    (levels not named get 0), and so does its complaint head when ``complaint`` is given."""
 
     engine = "fixed-urgency"
 
-    def __init__(self, base: Engine, urgency: str) -> None:
-        self.base, self.fixed_urgency = base, urgency
+    def __init__(
+        self, base: Engine, urgency: dict[str, float], complaint: float | None = None
+    ) -> None:
+        self.base = base
         self.heads, self.meta = base.heads, base.meta
         self.name, self.version = base.name, base.version
+        labels = self.heads["urgency"].labels
+        self.row = np.array([urgency.get(label, 0.0) for label in labels], np.float32)
+        self.complaint = complaint
 
     def predict_proba(self, texts: Sequence[str]) -> dict[str, FloatArray]:
         probs = self.base.predict_proba(texts)
-        labels = self.heads["urgency"].labels
-        row = np.zeros(len(labels), np.float32)
-        row[labels.index(self.fixed_urgency)] = 1.0
-        probs["urgency"] = np.tile(row, (len(texts), 1))
+        probs["urgency"] = np.tile(self.row, (len(texts), 1))
+        if self.complaint is not None:
+            row = np.array([1.0 - self.complaint, self.complaint], np.float32)
+            probs["complaint"] = np.tile(row, (len(texts), 1))
         return probs
 
 
-def _fixed(pipeline: TriagePipeline, urgency: str) -> TriagePipeline:
-    return TriagePipeline(_FixedUrgency(pipeline.engine, urgency), pipeline.taxonomy)
+def _fixed(
+    pipeline: TriagePipeline,
+    urgency: str | dict[str, float],
+    lexicon: CueLexicon | None = None,
+    complaint: float | None = None,
+) -> TriagePipeline:
+    """The pipeline with a fixed urgency (a level with certainty, or probabilities)."""
+    probabilities = {urgency: 1.0} if isinstance(urgency, str) else urgency
+    engine = _FixedUrgency(pipeline.engine, probabilities, complaint)
+    return TriagePipeline(engine, pipeline.taxonomy, lexicon=lexicon)
+
+
+def _gated(pipeline: TriagePipeline, kind: str, gate: dict[str, Any] | None) -> CueLexicon:
+    """The pipeline's lexicon with the floor of ``kind`` gated by ``gate`` (None: hard)."""
+    data = pipeline.lexicon.model_dump()
+    data["kinds"][kind]["gate"] = gate
+    return CueLexicon.model_validate(data)
 
 
 def _rank(pipeline: TriagePipeline, urgency: str) -> int:
@@ -134,13 +156,76 @@ def test_p1_cue_gives_p1(small_pipeline, text, kind):
 
 
 def test_p1_cue_raises_model_urgency_and_is_explained(small_pipeline):
-    pipeline = _fixed(small_pipeline, "P4")
+    pipeline = _fixed(small_pipeline, "P4", _gated(small_pipeline, "safety", None))
     result = pipeline.triage_one("热水器漏电了")
     assert result.urgency == "P1"
     assert result.urgency_scores["P4"] == 1.0  # the model's view is kept
     lines = [line for line in result.explanation if "漏电" in line]
     assert len(lines) == 1
     assert "safety" in lines[0] and "P1" in lines[0] and "P4" in lines[0]
+
+
+def test_gated_floor_below_its_gate_is_skipped_and_explained(small_pipeline):
+    lexicon = _gated(small_pipeline, "safety", {"min_model_probability": 0.2})
+    result = _fixed(small_pipeline, {"P1": 0.1, "P4": 0.9}, lexicon).triage_one("热水器漏电了")
+    assert [c.kind for c in result.cues] == ["safety"]  # the cue is still reported
+    assert result.urgency == "P4"
+    assert (
+        "cue safety: '漏电' did not raise urgency to P1: model P(P1 or more urgent) 0.10 < 0.20"
+        in result.explanation
+    )
+
+
+def test_gated_floor_at_its_gate_applies_and_says_so(small_pipeline):
+    gate = round(small_pipeline.thresholds.top_urgency_probability / 2, 2)
+    lexicon = _gated(small_pipeline, "safety", {"min_model_probability": gate})
+    probabilities = {"P1": gate, "P2": 0.05, "P4": 0.95 - gate}
+    result = _fixed(small_pipeline, probabilities, lexicon).triage_one("热水器漏电了")
+    assert result.urgency == "P1"
+    line = next(line for line in result.explanation if "raised" in line)
+    assert line == (
+        f"urgency raised from P4 (model) to P1 by cue safety: '漏电' (gate: model P(P1 or "
+        f"more urgent) {gate:.2f} >= {gate:.2f})"
+    )
+
+
+def test_gate_counts_more_urgent_levels_too(small_pipeline):
+    lexicon = _gated(small_pipeline, "anger", {"min_model_probability": 0.3})
+    probabilities = {"P1": 0.1, "P2": 0.25, "P4": 0.65}
+    result = _fixed(small_pipeline, probabilities, lexicon).triage_one("你们真是太过分了")
+    assert result.urgency == "P2"  # P(P2 or P1) = 0.35 reaches the gate; P(P2) alone would not
+
+
+@pytest.mark.parametrize(("complaint", "urgency"), [(0.9, "P1"), (0.1, "P4")])
+def test_complaint_gate_opens_for_complaints_only(small_pipeline, complaint, urgency):
+    lexicon = _gated(small_pipeline, "fraud", {"complaint": True})
+    pipeline = _fixed(small_pipeline, "P4", lexicon, complaint=complaint)
+    result = pipeline.triage_one("有人冒用我的身份开户")
+    assert result.urgency == urgency
+    threshold = f"{pipeline.thresholds.complaint:.2f}"
+    expected = (
+        f"urgency raised from P4 (model) to P1 by cue fraud: '冒用' (gate: complaint score "
+        f"0.90 >= {threshold})"
+        if urgency == "P1"
+        else f"cue fraud: '冒用' did not raise urgency to P1: complaint score 0.10 < {threshold}"
+    )
+    assert expected in result.explanation
+
+
+def test_gate_with_both_conditions_names_both_when_closed(small_pipeline):
+    gate = {"complaint": True, "min_model_probability": 0.5}
+    lexicon = _gated(small_pipeline, "fraud", gate)
+    result = _fixed(small_pipeline, "P4", lexicon, complaint=0.0).triage_one("有人冒用我的身份开户")
+    assert result.urgency == "P4"
+    line = next(line for line in result.explanation if "did not raise" in line)
+    assert "complaint score 0.00 <" in line and "model P(P1 or more urgent) 0.00 < 0.50" in line
+
+
+def test_hard_floor_applies_whatever_the_model_says(small_pipeline):
+    lexicon = _gated(small_pipeline, "legal", None)
+    result = _fixed(small_pipeline, "P4", lexicon, complaint=0.0).triage_one("再不退款我就起诉你们")
+    assert result.urgency == "P1"
+    assert not any("did not raise" in line for line in result.explanation)
 
 
 def test_cues_never_lower_the_model_urgency(small_pipeline):

@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from triage.resources import compilable_patterns, load_data_file, packaged_data_path
 from triage.taxonomy import Taxonomy
@@ -68,7 +68,7 @@ def _kind_pattern(terms: list[str], patterns: list[str]) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, ignored_types=(cached_property,))
 
 
 class NegationSpec(_Strict):
@@ -91,18 +91,47 @@ class NegationSpec(_Strict):
         return any(word in before for word in self.words)
 
 
+class FloorGate(_Strict):
+    """When a cue kind's floor applies: if any of the given conditions holds."""
+
+    # The urgency model gives the floor's level, or a more urgent one, at least this.
+    min_model_probability: float | None = Field(default=None, ge=0.0, le=1.0)
+    # The message is judged a complaint (complaint score >= the model's complaint threshold).
+    complaint: bool = False
+
+    @model_validator(mode="after")
+    def _some_condition(self) -> FloorGate:
+        if self.min_model_probability is None and not self.complaint:
+            raise ValueError(
+                "a gate needs min_model_probability (0 to 1) or complaint: true (got neither)"
+            )
+        return self
+
+
 class CueKindSpec(_Strict):
     floor: str
     description: str
     terms: list[str] = Field(default_factory=list)
     patterns: list[str] = Field(default_factory=list)
+    # Contexts where a hit of this kind is no risk (燃气报警器 for 报警, 人民医院 for 医院): a hit
+    # inside a match of one of these terms or patterns is dropped.
+    exclude_terms: list[str] = Field(default_factory=list)
+    exclude_patterns: list[str] = Field(default_factory=list)
+    # Absent, the floor always applies; for kinds whose words often appear in harmless
+    # messages, a gate makes it conditional (chosen out of fold, see docs/model.md).
+    gate: FloorGate | None = None
 
-    _compilable = field_validator("patterns")(compilable_patterns)
+    _compilable = field_validator("patterns", "exclude_patterns")(compilable_patterns)
+
+    @cached_property
+    def excluded(self) -> re.Pattern[str] | None:
+        """One regex for this kind's exclusion contexts; None when it has none."""
+        if not (self.exclude_terms or self.exclude_patterns):
+            return None
+        return re.compile(_kind_pattern(self.exclude_terms, self.exclude_patterns), re.IGNORECASE)
 
 
 class CueLexicon(_Strict):
-    model_config = ConfigDict(extra="forbid", frozen=True, ignored_types=(cached_property,))
-
     negation: NegationSpec
     kinds: dict[str, CueKindSpec] = Field(min_length=1)
 
@@ -131,16 +160,22 @@ class CueLexicon(_Strict):
         return list(self.kinds)
 
     def find(self, text: str) -> list[Cue]:
-        """All non-negated cue hits in ``text``, in order of appearance."""
+        """All cue hits in ``text`` that are neither negated nor inside one of their kind's
+        exclusion contexts, in order of appearance."""
         hits = []
+        excluded: dict[str, list[tuple[int, int]]] = {}
         for match in self._matcher.finditer(text):
             group = match.lastgroup
             if group is None or self.negation.negates(text, match.start()):
                 continue
             name = self._kind_names[int(group[1:])]
-            hits.append(
-                Cue(name, match.group(), match.start(), match.end(), self.kinds[name].floor)
-            )
+            spec = self.kinds[name]
+            if spec.excluded is not None:
+                if name not in excluded:
+                    excluded[name] = [m.span() for m in spec.excluded.finditer(text)]
+                if any(s <= match.start() and match.end() <= e for s, e in excluded[name]):
+                    continue
+            hits.append(Cue(name, match.group(), match.start(), match.end(), spec.floor))
         return hits
 
 
@@ -153,9 +188,15 @@ class Cue:
     floor: str
 
 
+def load_cue_lexicon_file(path: Path | None = None) -> CueLexicon:
+    """Load and validate a cue lexicon (the shipped one by default), floors unchecked: what
+    a model's cue features need, since they count hits per kind whatever the floors."""
+    return load_data_file(path or packaged_data_path("cues.yaml"), CueLexicon)
+
+
 def load_cue_lexicon(taxonomy: Taxonomy, path: Path | None = None) -> CueLexicon:
     """Load and validate a cue lexicon against the taxonomy's urgency levels."""
     path = path or packaged_data_path("cues.yaml")
-    lexicon = load_data_file(path, CueLexicon)
+    lexicon = load_cue_lexicon_file(path)
     lexicon.check_floors(taxonomy, str(path))
     return lexicon

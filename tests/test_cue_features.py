@@ -1,0 +1,91 @@
+"""Urgency cue kinds as features of the linear engine, saved and loaded with the model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from triage.cues import load_cue_lexicon_file
+from triage.errors import ConfigError, ModelError
+from triage.models.linear import CUES_FILE, Featurizer, HeadData, LinearConfig, LinearEngine
+
+SMALL = LinearConfig(char_features_log2=12, word_features_log2=12, cue_features=True)
+WITHOUT_CUES = LinearConfig(char_features_log2=12, word_features_log2=12)
+
+
+def _cue_columns(text: str) -> set[int]:
+    """Word-block columns of ``text`` that exist only because of the cue features."""
+    ones = np.ones(1, np.float32)
+    with_cues = Featurizer(SMALL, ones, ones).counts([text]).columns
+    without = Featurizer(WITHOUT_CUES, ones, ones).counts([text]).columns
+    return set(with_cues) - set(without)
+
+
+def test_each_cue_kind_found_adds_one_feature():
+    assert len(_cue_columns("热水器漏电了,我要起诉你们")) == 2  # safety and legal
+    assert len(_cue_columns("漏电了,还冒烟")) == 1  # two safety hits, one kind
+    assert _cue_columns("漏电了") == _cue_columns("冒烟了")
+    assert _cue_columns("请问几点发货") == set()
+    assert _cue_columns("烟雾报警器怎么换电池") == set()  # an excluded hit is no feature
+
+
+def test_the_option_is_validated_quoting_the_value():
+    with pytest.raises(ConfigError, match=r"cue_features: expected true or false \(got 'yes'\)"):
+        LinearConfig(cue_features="yes")  # type: ignore[arg-type]
+
+
+TEXTS = ["热水器漏电了", "孩子误食了", "我要起诉你们", "请问怎么开发票", "几点发货", "谢谢你们"]
+LABELS = ["P1", "P1", "P1", "P4", "P4", "P4"]
+LEVELS = ["P1", "P2", "P3", "P4"]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    engine = LinearEngine.fit(SMALL, {"urgency": HeadData(TEXTS, LABELS)}, {"urgency": LEVELS})
+    return engine.save(tmp_path_factory.mktemp("cues") / "model")
+
+
+def test_the_cue_lexicon_is_saved_and_the_loaded_model_predicts_the_same(saved):
+    assert load_cue_lexicon_file(saved / CUES_FILE) == load_cue_lexicon_file()
+    texts = ["厨房冒烟了", "发票开错了"]
+    engine = LinearEngine.fit(SMALL, {"urgency": HeadData(TEXTS, LABELS)}, {"urgency": LEVELS})
+    np.testing.assert_allclose(
+        LinearEngine.load(saved).predict_proba(texts)["urgency"],
+        engine.predict_proba(texts)["urgency"],
+        rtol=1e-6,
+    )
+
+
+def test_the_loaded_model_counts_with_its_saved_lexicon(saved, tmp_path):
+    changed = tmp_path / "changed"
+    shutil.copytree(saved, changed)
+    data = json.loads((changed / CUES_FILE).read_text(encoding="utf-8"))
+    data["kinds"]["safety"]["terms"] = ["某某某"]
+    (changed / CUES_FILE).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    text = ["新的一句:冒烟了"]
+    assert not np.array_equal(
+        LinearEngine.load(changed).predict_proba(text)["urgency"],
+        LinearEngine.load(saved).predict_proba(text)["urgency"],
+    )
+
+
+def test_a_model_without_its_cue_file_is_rejected_naming_it(saved, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(saved, broken)
+    (broken / CUES_FILE).unlink()
+    with pytest.raises(ModelError, match=CUES_FILE):
+        LinearEngine.load(broken)
+
+
+def test_a_model_saved_before_the_option_existed_loads_without_cue_features(saved, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(saved, old)
+    config = json.loads((old / "config.json").read_text(encoding="utf-8"))
+    del config["features"]["cue_features"]
+    (old / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    (old / CUES_FILE).unlink()
+    assert LinearEngine.load(old).config.cue_features is False
