@@ -111,6 +111,8 @@ class RegistryVersion(BaseModel):
 class ModelListResponse(BaseModel):
     serving: ModelInfo | None = Field(description="the model this process serves; null if none")
     models: list[RegistryVersion] = Field(description="registered versions, oldest first")
+
+
 class FollowupRequest(BaseModel):
     """A message on an existing ticket: the customer's follow-up or an agent's reply."""
 

@@ -154,6 +154,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     engine.dispose()
     return url
+
+
 @dataclass(frozen=True)
 class ImportedEncoder:
     path: Path
@@ -172,6 +174,7 @@ def imported_e5(tmp_path_factory: pytest.TempPathFactory) -> ImportedEncoder:
     result = CliRunner().invoke(main, ["models", "import-e5", "--out", str(out)])
     assert result.exit_code == 0, result.output
     return ImportedEncoder(out, result.output)
+
 
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -53,7 +53,7 @@ def _announce_training(settings: Settings) -> None:
     reason = pending_training(settings)
     if reason is not None:
         click.echo(
-            f"{reason}: training the default model from the seed corpus (about three minutes)",
+            f"{reason}: training the default model from the seed corpus (3-4 minutes)",
             err=True,
         )
 
@@ -803,6 +803,8 @@ def register_model(model_dir: Path, promote: bool) -> None:
         model_dir, promote_reason="triage models register --promote" if promote else None
     )
     click.echo("\n".join(_registration_lines(registration.version, registration.added)))
+
+
 def database_url_option(command: F) -> F:
     """The ``--database-url`` option of the ticket store commands."""
     return click.option(
