@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from triage.cues import load_cue_lexicon_file
-from triage.errors import ConfigError, ModelError
+from triage.errors import ConfigError
 from triage.models.linear import CUES_FILE, Featurizer, HeadData, LinearConfig, LinearEngine
 
 SMALL = LinearConfig(char_features_log2=12, word_features_log2=12, cue_features=True)
@@ -58,34 +56,3 @@ def test_the_cue_lexicon_is_saved_and_the_loaded_model_predicts_the_same(saved):
         engine.predict_proba(texts)["urgency"],
         rtol=1e-6,
     )
-
-
-def test_the_loaded_model_counts_with_its_saved_lexicon(saved, tmp_path):
-    changed = tmp_path / "changed"
-    shutil.copytree(saved, changed)
-    data = json.loads((changed / CUES_FILE).read_text(encoding="utf-8"))
-    data["kinds"]["safety"]["terms"] = ["某某某"]
-    (changed / CUES_FILE).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    text = ["新的一句:冒烟了"]
-    assert not np.array_equal(
-        LinearEngine.load(changed).predict_proba(text)["urgency"],
-        LinearEngine.load(saved).predict_proba(text)["urgency"],
-    )
-
-
-def test_a_model_without_its_cue_file_is_rejected_naming_it(saved, tmp_path):
-    broken = tmp_path / "broken"
-    shutil.copytree(saved, broken)
-    (broken / CUES_FILE).unlink()
-    with pytest.raises(ModelError, match=CUES_FILE):
-        LinearEngine.load(broken)
-
-
-def test_a_model_saved_before_the_option_existed_loads_without_cue_features(saved, tmp_path):
-    old = tmp_path / "old"
-    shutil.copytree(saved, old)
-    config = json.loads((old / "config.json").read_text(encoding="utf-8"))
-    del config["features"]["cue_features"]
-    (old / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    (old / CUES_FILE).unlink()
-    assert LinearEngine.load(old).config.cue_features is False

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,8 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from triage.errors import ConfigError, ModelError
-from triage.models.linear import LEXICON_FILE, Featurizer, HeadData, LinearConfig, LinearEngine
+from triage.errors import ConfigError
+from triage.models.linear import Featurizer, LinearConfig, LinearEngine
 from triage.polarity import PolarityLexicon, load_polarity_lexicon
 
 SMALL = LinearConfig(char_features_log2=12, word_features_log2=12)
@@ -95,51 +93,6 @@ def test_lexicon_hits_add_one_feature_per_polarity():
 def test_the_option_is_validated_quoting_the_value():
     with pytest.raises(ConfigError, match=r"polarity_lexicon: expected true or false \(got 1\)"):
         LinearConfig(polarity_lexicon=1)  # type: ignore[arg-type]
-
-
-TEXTS = ["很满意", "非常方便", "很失望", "太吵了", "质量不错", "真糟糕"]
-LABELS = ["positive", "positive", "negative", "negative", "positive", "negative"]
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    engine = LinearEngine.fit(
-        SMALL, {"polarity": HeadData(TEXTS, LABELS)}, {"polarity": ["negative", "positive"]}
-    )
-    return engine.save(tmp_path_factory.mktemp("lexicon") / "model")
-
-
-def test_the_lexicon_is_saved_with_the_model_and_used_on_load(saved, tmp_path):
-    assert load_polarity_lexicon(saved / LEXICON_FILE) == load_polarity_lexicon()
-    # Drop every negative word from the saved copy: the loaded model must count with it.
-    changed = tmp_path / "changed"
-    shutil.copytree(saved, changed)
-    data = json.loads((changed / LEXICON_FILE).read_text(encoding="utf-8"))
-    data["negative"] = ["某某某"]
-    (changed / LEXICON_FILE).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    text = ["新的一句很失望"]
-    assert not np.array_equal(
-        LinearEngine.load(changed).predict_proba(text)["polarity"],
-        LinearEngine.load(saved).predict_proba(text)["polarity"],
-    )
-
-
-def test_a_model_without_its_lexicon_file_is_rejected_naming_it(saved, tmp_path):
-    broken = tmp_path / "broken"
-    shutil.copytree(saved, broken)
-    (broken / LEXICON_FILE).unlink()
-    with pytest.raises(ModelError, match=LEXICON_FILE):
-        LinearEngine.load(broken)
-
-
-def test_a_model_saved_before_the_option_existed_loads_without_lexicon(saved, tmp_path):
-    old = tmp_path / "old"
-    shutil.copytree(saved, old)
-    config = json.loads((old / "config.json").read_text(encoding="utf-8"))
-    del config["features"]["polarity_lexicon"]
-    (old / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    (old / LEXICON_FILE).unlink()
-    assert LinearEngine.load(old).config.polarity_lexicon is False
 
 
 # --- training: review sentences train the polarity and genre heads ---------------------------
