@@ -203,7 +203,11 @@ class TriagePipeline:
         is_complaint = complaint_score >= t.complaint
         urgency = model_urgency
         floor_cues = sorted(prepared.cues, key=lambda c: self.taxonomy.urgency_rank(c.floor))
-        gates = {c.kind: self._floor_gate(c, urgency_p, complaint_score) for c in floor_cues}
+        # The first hit of each kind, most urgent first: a gate depends on the kind only.
+        first_of_kind = sorted(
+            {c.kind: c for c in reversed(floor_cues)}.values(), key=floor_cues.index
+        )
+        gates = {c.kind: self._floor_gate(c, urgency_p, complaint_score) for c in first_of_kind}
         applied = [c for c in floor_cues if gates[c.kind][0]]
         if applied and self.taxonomy.urgency_rank(applied[0].floor) < levels.index(urgency):
             strongest = applied[0]
@@ -219,10 +223,9 @@ class TriagePipeline:
                 f"urgency {urgency} from the model ({urgency_p.max():.2f})"
                 + "".join(f", confirmed by cue {c.kind}: {c.text!r}" for c in confirming)
             )
-        first_of_kind = {c.kind: c for c in reversed(floor_cues)}.values()
         explanation.extend(
             f"cue {c.kind}: {c.text!r} did not raise urgency to {c.floor}: {gates[c.kind][1]}"
-            for c in sorted(first_of_kind, key=floor_cues.index)
+            for c in first_of_kind
             if not gates[c.kind][0] and levels.index(c.floor) < levels.index(urgency)
         )
         explanation.append(f"complaint {'yes' if is_complaint else 'no'} ({complaint_score:.2f})")
