@@ -43,7 +43,7 @@ T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 # Complaints without P1 cues: routed by topic to the desk, whatever topic the small model picks.
 COMPLAINTS = [
     "快递三天了还没到,怎么回事",
-    "洗衣机坏了,什么时候能派人来修",
+    "洗衣机坏了,维修师傅约了两次都没来",
     "发票开错了,麻烦重新开一张",
     "退款什么时候到账",
 ]
