@@ -46,23 +46,58 @@ P99_TARGET_MS = 25.0
 HOST = "127.0.0.1"
 
 
-def cpu_seconds(root: int) -> float:
-    """User + system CPU seconds so far of a process and its live descendants (Linux /proc)."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
+def process_stats() -> dict[int, tuple[int, int]]:
+    """Every process's parent and user + system CPU ticks so far (Linux /proc)."""
+    stats = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue  # the process ended meanwhile
-        pid = int(stat.parent.name)
-        parents[pid], ticks[pid] = int(fields[1]), int(fields[11]) + int(fields[12])
-    tree, frontier = {root}, [root]
+        stats[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return stats
+
+
+def process_tree(root: int, stats: dict[int, tuple[int, int]]) -> list[int]:
+    """A process and its live descendants, the root first."""
+    tree, frontier = [root], [root]
     while frontier:
-        children = [pid for pid, parent in parents.items() if parent in frontier]
-        frontier = [pid for pid in children if pid not in tree]
-        tree.update(frontier)
-    return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+        frontier = [pid for pid, (parent, _) in stats.items() if parent in frontier]
+        tree += [pid for pid in frontier if pid not in tree]
+    return tree
+
+
+def cpu_seconds(root: int) -> float:
+    """User + system CPU seconds so far of a process and its live descendants."""
+    stats = process_stats()
+    ticks = sum(stats[pid][1] for pid in process_tree(root, stats) if pid in stats)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def resident_mib(root: int) -> dict[str, float]:
+    """Resident memory (VmRSS, MiB) of a process and of each live descendant, named by role:
+    ``serve`` (the root), ``worker-PID`` (spawned server workers), else ``NAME-PID``."""
+    sizes = {}
+    for pid in process_tree(root, process_stats()):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue  # the process ended meanwhile
+        if pid == root:
+            role = "serve"
+        elif "spawn_main" in command:
+            role = f"worker-{pid}"
+        else:
+            role = f"{status.splitlines()[0].split()[1]}-{pid}"  # "Name:\t..."
+        kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+        sizes[role] = round(kib / 1024, 1)
+    return sizes
+
+
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages: how busy the shared machine was."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def free_port() -> int:
@@ -386,12 +421,16 @@ def main() -> None:
                     1000 * (time.process_time() - client_cpu) / run["requests"], 2
                 )
                 runs[name] = run
+            server_rss = resident_mib(pid)
         if not args.target_only:
             runs["in-process pipeline([message]), no HTTP"] = in_process(model_dir, bodies, n_ref)
 
     print(
         f"\ntriage serve with {args.server_workers} worker process(es), log level "
-        f"{args.log_level}; ready after {ready_seconds:.1f} s (start, imports, model load)\n"
+        f"{args.log_level}; ready after {ready_seconds:.1f} s (start, imports, model load); "
+        f"resident memory after the runs, MiB: "
+        f"{', '.join(f'{role} {mib:g}' for role, mib in server_rss.items())}; "
+        f"load average {load_average()}\n"
     )
     rows = []
     for name, run in runs.items():
@@ -445,6 +484,8 @@ def main() -> None:
             "server_ready_seconds": round(ready_seconds, 2),
             "server_log_level": args.log_level,
             "server_workers": args.server_workers,
+            "server_rss_mib": server_rss,
+            "load_average": load_average(),
             "runs": runs,
         },
     )
