@@ -13,7 +13,9 @@ it. Reference runs: one client; ``GET /healthz`` (the HTTP stack without the mod
 pipeline in-process without HTTP. Server and client CPU per request come from ``/proc``. For
 the raw client the table gives the lowest and highest mean latency of one connection: with
 several server processes (``--server-workers``) each kept-alive connection stays with the
-process that accepted it, and an uneven split shows as a wide range.
+process that accepted it, and an uneven split shows as a wide range; each server process's
+share of the server CPU during the run shows the split directly. The resident memory of the
+server and of each worker is read after the runs.
 """
 
 from __future__ import annotations
@@ -67,11 +69,18 @@ def process_tree(root: int, stats: dict[int, tuple[int, int]]) -> list[int]:
     return tree
 
 
-def cpu_seconds(root: int) -> float:
-    """User + system CPU seconds so far of a process and its live descendants."""
+def cpu_ticks(root: int) -> dict[int, int]:
+    """User + system CPU ticks so far of a process and of each live descendant."""
     stats = process_stats()
-    ticks = sum(stats[pid][1] for pid in process_tree(root, stats) if pid in stats)
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return {pid: stats[pid][1] for pid in process_tree(root, stats) if pid in stats}
+
+
+def cpu_split(before: dict[int, int], after: dict[int, int]) -> list[int]:
+    """Each server process's share of the server CPU between two readings, in percent,
+    largest first: with several workers, how evenly the kernel spread the connections."""
+    used = [after[pid] - before.get(pid, 0) for pid in after]
+    shares = [round(100 * u / (sum(used) or 1)) for u in used]
+    return sorted((share for share in shares if share > 0), reverse=True)  # not the supervisor
 
 
 def resident_mib(root: int) -> dict[str, float]:
@@ -412,11 +421,14 @@ def main() -> None:
             if args.target_only:
                 plan = {target_run: plan[target_run]}
             for name, (kind, payloads, clients, total) in plan.items():
-                server_cpu, client_cpu = cpu_seconds(pid), time.process_time()
+                server_cpu, client_cpu = cpu_ticks(pid), time.process_time()
                 run = measure(kind, port, payloads, clients, total, cap)
+                server_cpu_after = cpu_ticks(pid)
+                used = sum(server_cpu_after.values()) - sum(server_cpu.values())
                 run["server_cpu_ms_per_request"] = round(
-                    1000 * (cpu_seconds(pid) - server_cpu) / run["requests"], 2
+                    1000 * used / os.sysconf("SC_CLK_TCK") / run["requests"], 2
                 )
+                run["server_cpu_split_percent"] = cpu_split(server_cpu, server_cpu_after)
                 run["client_cpu_ms_per_request"] = round(
                     1000 * (time.process_time() - client_cpu) / run["requests"], 2
                 )
@@ -450,6 +462,7 @@ def main() -> None:
                 lat["max"],
                 run.get("server_cpu_ms_per_request", "-"),
                 run.get("client_cpu_ms_per_request", "-"),
+                "/".join(map(str, run.get("server_cpu_split_percent", []))) or "-",
                 "{min:g}–{max:g}".format(**run["connection_mean_ms"])
                 if "connection_mean_ms" in run
                 else "-",
@@ -469,6 +482,7 @@ def main() -> None:
                 "max ms",
                 "server CPU ms/req",
                 "client CPU ms/req",
+                "server CPU split %",
                 "mean ms per connection (min–max)",
                 f"p99 ≤ {P99_TARGET_MS:g} ms",
             ],
