@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 from click.testing import CliRunner
-from uvicorn.supervisors.multiprocess import Multiprocess
 
 import triage.serving
 from triage.cli import main
@@ -125,8 +125,19 @@ def test_a_taken_port_is_an_error_before_any_worker_starts(small_model_dir: Path
 def test_without_so_reuseport_uvicorn_supervises_one_shared_socket(
     monkeypatch: pytest.MonkeyPatch, small_model_dir: Path
 ) -> None:
-    supervised: list[Multiprocess] = []
-    monkeypatch.setattr(Multiprocess, "run", lambda self: supervised.append(self))
+    supervised: list[SharedSocketSupervisor] = []
+
+    class SharedSocketSupervisor:
+        """Stands in for uvicorn's supervisor, which would also take over this process's
+        signal handlers."""
+
+        def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+            self.config, self.sockets = config, sockets
+
+        def run(self) -> None:
+            supervised.append(self)
+
+    monkeypatch.setattr(triage.serving, "Multiprocess", SharedSocketSupervisor)
     monkeypatch.setattr(triage.serving, "CAN_REUSE_PORT", False)
     for name in ("TRIAGE_MODEL_DIR", "TRIAGE_PORT", "TRIAGE_HOST"):
         monkeypatch.delenv(name, raising=False)
