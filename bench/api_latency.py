@@ -137,7 +137,7 @@ def server(
     startup_timeout: float,
 ) -> Iterator[int]:
     """Run ``triage serve`` until the block ends; yields its process id once ``/readyz``
-    answers 200."""
+    answers 200 and every worker has answered."""
     script = Path(sys.executable).with_name("triage")
     command = [
         str(script) if script.is_file() else shutil.which("triage") or "triage",
@@ -158,7 +158,10 @@ def server(
     try:
         deadline = time.monotonic() + startup_timeout
         ready_in_a_row = 0  # with several workers, each new connection may reach another one
-        while ready_in_a_row < 10 * workers:
+        # Every worker must be listening before the clients connect: a kept-alive connection
+        # stays with the worker that accepted it (`/healthz` names the process that answered).
+        answered: set[int] = set()
+        while ready_in_a_row < 10 * workers or len(answered) < workers:
             if process.poll() is not None:
                 sys.exit(
                     f"error: the server exited with {process.returncode}:\n"
@@ -166,12 +169,13 @@ def server(
                 )
             try:
                 ready = httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200
+                answered.add(httpx.get(f"{base}/healthz", timeout=1.0).json()["pid"])
             except httpx.TransportError:
                 ready = False
             ready_in_a_row = ready_in_a_row + 1 if ready else 0
             if time.monotonic() > deadline:
                 sys.exit(f"error: /readyz not ready after {startup_timeout} s")
-            if not ready:
+            if not ready or len(answered) < workers:
                 time.sleep(0.2)
         yield process.pid
     finally:
