@@ -6,6 +6,7 @@ A single triage request is :class:`triage.schemas.Message` itself and a result i
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,6 +30,10 @@ class BatchResponse(BaseModel):
 
 class HealthResponse(BaseModel):
     status: Literal["ok"] = "ok"
+    pid: int = Field(
+        default_factory=os.getpid,
+        description="the server process that answered (`triage serve --workers N` runs several)",
+    )
 
 
 class ReadyResponse(BaseModel):

@@ -13,7 +13,9 @@ it. Reference runs: one client; ``GET /healthz`` (the HTTP stack without the mod
 pipeline in-process without HTTP. Server and client CPU per request come from ``/proc``. For
 the raw client the table gives the lowest and highest mean latency of one connection: with
 several server processes (``--server-workers``) each kept-alive connection stays with the
-process that accepted it, and an uneven split shows as a wide range.
+process that accepted it, and an uneven split shows as a wide range; each server process's
+share of the server CPU during the run shows the split directly. The resident memory of the
+server and of each worker is read after the runs.
 """
 
 from __future__ import annotations
@@ -46,23 +48,65 @@ P99_TARGET_MS = 25.0
 HOST = "127.0.0.1"
 
 
-def cpu_seconds(root: int) -> float:
-    """User + system CPU seconds so far of a process and its live descendants (Linux /proc)."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
+def process_stats() -> dict[int, tuple[int, int]]:
+    """Every process's parent and user + system CPU ticks so far (Linux /proc)."""
+    stats = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue  # the process ended meanwhile
-        pid = int(stat.parent.name)
-        parents[pid], ticks[pid] = int(fields[1]), int(fields[11]) + int(fields[12])
-    tree, frontier = {root}, [root]
+        stats[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return stats
+
+
+def process_tree(root: int, stats: dict[int, tuple[int, int]]) -> list[int]:
+    """A process and its live descendants, the root first."""
+    tree, frontier = [root], [root]
     while frontier:
-        children = [pid for pid, parent in parents.items() if parent in frontier]
-        frontier = [pid for pid in children if pid not in tree]
-        tree.update(frontier)
-    return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+        frontier = [pid for pid, (parent, _) in stats.items() if parent in frontier]
+        tree += [pid for pid in frontier if pid not in tree]
+    return tree
+
+
+def cpu_ticks(root: int) -> dict[int, int]:
+    """User + system CPU ticks so far of a process and of each live descendant."""
+    stats = process_stats()
+    return {pid: stats[pid][1] for pid in process_tree(root, stats) if pid in stats}
+
+
+def cpu_split(before: dict[int, int], after: dict[int, int]) -> list[int]:
+    """Each server process's share of the server CPU between two readings, in percent,
+    largest first: with several workers, how evenly the kernel spread the connections."""
+    used = [after[pid] - before.get(pid, 0) for pid in after]
+    shares = [round(100 * u / (sum(used) or 1)) for u in used]
+    return sorted((share for share in shares if share > 0), reverse=True)  # not the supervisor
+
+
+def resident_mib(root: int) -> dict[str, float]:
+    """Resident memory (VmRSS, MiB) of a process and of each live descendant, named by role:
+    ``serve`` (the root), ``worker-PID`` (spawned server workers), else ``NAME-PID``."""
+    sizes = {}
+    for pid in process_tree(root, process_stats()):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue  # the process ended meanwhile
+        if pid == root:
+            role = "serve"
+        elif "spawn_main" in command:
+            role = f"worker-{pid}"
+        else:
+            role = f"{status.splitlines()[0].split()[1]}-{pid}"  # "Name:\t..."
+        kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+        sizes[role] = round(kib / 1024, 1)
+    return sizes
+
+
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages: how busy the shared machine was."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def free_port() -> int:
@@ -93,7 +137,7 @@ def server(
     startup_timeout: float,
 ) -> Iterator[int]:
     """Run ``triage serve`` until the block ends; yields its process id once ``/readyz``
-    answers 200."""
+    answers 200 and every worker has answered."""
     script = Path(sys.executable).with_name("triage")
     command = [
         str(script) if script.is_file() else shutil.which("triage") or "triage",
@@ -114,7 +158,10 @@ def server(
     try:
         deadline = time.monotonic() + startup_timeout
         ready_in_a_row = 0  # with several workers, each new connection may reach another one
-        while ready_in_a_row < 10 * workers:
+        # Every worker must be listening before the clients connect: a kept-alive connection
+        # stays with the worker that accepted it (`/healthz` names the process that answered).
+        answered: set[int] = set()
+        while ready_in_a_row < 10 * workers or len(answered) < workers:
             if process.poll() is not None:
                 sys.exit(
                     f"error: the server exited with {process.returncode}:\n"
@@ -122,12 +169,13 @@ def server(
                 )
             try:
                 ready = httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200
+                answered.add(httpx.get(f"{base}/healthz", timeout=1.0).json()["pid"])
             except httpx.TransportError:
                 ready = False
             ready_in_a_row = ready_in_a_row + 1 if ready else 0
             if time.monotonic() > deadline:
                 sys.exit(f"error: /readyz not ready after {startup_timeout} s")
-            if not ready:
+            if not ready or len(answered) < workers:
                 time.sleep(0.2)
         yield process.pid
     finally:
@@ -377,21 +425,28 @@ def main() -> None:
             if args.target_only:
                 plan = {target_run: plan[target_run]}
             for name, (kind, payloads, clients, total) in plan.items():
-                server_cpu, client_cpu = cpu_seconds(pid), time.process_time()
+                server_cpu, client_cpu = cpu_ticks(pid), time.process_time()
                 run = measure(kind, port, payloads, clients, total, cap)
+                server_cpu_after = cpu_ticks(pid)
+                used = sum(server_cpu_after.values()) - sum(server_cpu.values())
                 run["server_cpu_ms_per_request"] = round(
-                    1000 * (cpu_seconds(pid) - server_cpu) / run["requests"], 2
+                    1000 * used / os.sysconf("SC_CLK_TCK") / run["requests"], 2
                 )
+                run["server_cpu_split_percent"] = cpu_split(server_cpu, server_cpu_after)
                 run["client_cpu_ms_per_request"] = round(
                     1000 * (time.process_time() - client_cpu) / run["requests"], 2
                 )
                 runs[name] = run
+            server_rss = resident_mib(pid)
         if not args.target_only:
             runs["in-process pipeline([message]), no HTTP"] = in_process(model_dir, bodies, n_ref)
 
     print(
         f"\ntriage serve with {args.server_workers} worker process(es), log level "
-        f"{args.log_level}; ready after {ready_seconds:.1f} s (start, imports, model load)\n"
+        f"{args.log_level}; ready after {ready_seconds:.1f} s (start, imports, model load); "
+        f"resident memory after the runs, MiB: "
+        f"{', '.join(f'{role} {mib:g}' for role, mib in server_rss.items())}; "
+        f"load average {load_average()}\n"
     )
     rows = []
     for name, run in runs.items():
@@ -411,6 +466,7 @@ def main() -> None:
                 lat["max"],
                 run.get("server_cpu_ms_per_request", "-"),
                 run.get("client_cpu_ms_per_request", "-"),
+                "/".join(map(str, run.get("server_cpu_split_percent", []))) or "-",
                 "{min:g}–{max:g}".format(**run["connection_mean_ms"])
                 if "connection_mean_ms" in run
                 else "-",
@@ -430,6 +486,7 @@ def main() -> None:
                 "max ms",
                 "server CPU ms/req",
                 "client CPU ms/req",
+                "server CPU split %",
                 "mean ms per connection (min–max)",
                 f"p99 ≤ {P99_TARGET_MS:g} ms",
             ],
@@ -445,6 +502,8 @@ def main() -> None:
             "server_ready_seconds": round(ready_seconds, 2),
             "server_log_level": args.log_level,
             "server_workers": args.server_workers,
+            "server_rss_mib": server_rss,
+            "load_average": load_average(),
             "runs": runs,
         },
     )

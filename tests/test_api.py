@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ def test_batch_equals_single_in_one_model_call(
 
 
 def test_health_and_readiness(client: TestClient, small_pipeline: TriagePipeline) -> None:
-    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok", "pid": os.getpid()}
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json() == {"status": "ready", "model": small_pipeline.model_info.model_dump()}
@@ -317,7 +318,7 @@ def test_missing_model_keeps_serving_with_503(
 ) -> None:
     app = create_app(small_settings(tmp_path / "no-model"))
     with caplog.at_level(logging.INFO, logger="triage"), TestClient(app) as client:
-        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.get("/healthz").json() == {"status": "ok", "pid": os.getpid()}
         assert_error(client.get("/readyz"), 503, "model_unavailable")
         assert_error(client.post("/v1/triage", json={"text": "你好"}), 503, "model_unavailable")
         batch = client.post("/v1/triage/batch", json={"items": [{"text": "你好"}]})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import sys
 import types
@@ -360,27 +359,6 @@ def test_serve_passes_settings_to_the_app(runner, tmp_path, monkeypatch, small_m
         "log_level": "warning",
         "access_log": False,
     }
-
-
-def test_serve_with_workers_passes_settings_through_the_environment(
-    runner, monkeypatch, small_model_dir
-):
-    served: dict[str, object] = {}
-    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: served.update(app=app, **kwargs))
-    monkeypatch.delenv("TRIAGE_MODEL_DIR", raising=False)
-    monkeypatch.delenv("TRIAGE_PORT", raising=False)
-    monkeypatch.delenv("TRIAGE_HOST", raising=False)
-
-    result = runner.invoke(
-        main,
-        ["serve", "--port", "9124", "--workers", "2", "--model-dir", str(small_model_dir)],
-        env={"TRIAGE_WORKER_HEALTHCHECK_TIMEOUT": "90"},
-    )
-    assert result.exit_code == 0, result.output
-    assert served["app"] == "triage.api.app:app" and served["workers"] == 2
-    assert served["timeout_worker_healthcheck"] == 90
-    assert os.environ["TRIAGE_MODEL_DIR"] == str(small_model_dir)
-    assert os.environ["TRIAGE_PORT"] == "9124"
 
 
 def test_replies_check_reports_findings_and_exit_code(runner):

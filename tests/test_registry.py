@@ -27,6 +27,7 @@ from triage.models.linear import CONFIG_FILE
 from triage.pipeline import TriagePipeline
 from triage.registry import STATE_FILE, ModelRegistry
 from triage.service import FIRST_START_REASON, load_pipeline, resolve_model_dir
+from triage.serving import Supervisor
 from triage.training.corpus import seed_corpus_path
 
 TEXT = "快递到哪里了"
@@ -314,13 +315,14 @@ def test_batch_workers_load_the_model_chosen_at_the_start(
 
 def test_serve_workers_all_get_the_promoted_model(runner, registry, small_model_dir, monkeypatch):
     registry.register(small_model_dir, promote_reason="test")
-    served: dict[str, object] = {}
-    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: served.update(app=app, **kwargs))
+    supervised: list[Supervisor] = []
+    monkeypatch.setattr(Supervisor, "run", lambda self: supervised.append(self))
     for name in ("TRIAGE_HOST", "TRIAGE_PORT"):
         monkeypatch.delenv(name, raising=False)
     result = runner.invoke(main, ["serve", "--workers", "2"])
     assert result.exit_code == 0, result.output
-    assert served["workers"] == 2
+    (supervisor,) = supervised
+    assert supervisor.workers == 2
     assert os.environ["TRIAGE_MODEL_DIR"] == str(registry.root / version_id(small_model_dir))
 
 

@@ -22,7 +22,7 @@ from triage.registry import ModelRegistry, ModelVersion
 from triage.reports import Evaluation, Report
 from triage.resources import describe_validation_error
 from triage.schemas import Message, TriageResult
-from triage.service import load_pipeline, pending_training, pin_model
+from triage.service import load_pipeline, pending_training
 from triage.training.corpus import load_corpus
 from triage.training.train import TrainArguments, TrainReport, train_linear
 
@@ -204,49 +204,17 @@ def batch(
     type=click.IntRange(1, 64),
     default=1,
     show_default=True,
-    help="Server processes; use the number of cores for throughput.",
+    help="Server processes, each with its own socket (SO_REUSEPORT): the kernel spreads "
+    "connections over them. Use the number of cores for throughput.",
 )
 @model_dir_option
 def serve(host: str | None, port: int | None, workers: int, model_dir: Path | None) -> None:
     """Run the HTTP API."""
-    import os
-
-    import uvicorn
-
-    from triage.api.app import create_app
+    from triage.serving import serve as run_server
 
     settings = _settings(host=host, port=port, model_dir=model_dir)
     _announce_training(settings)
-    common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": settings.log_level,
-        "access_log": False,  # the app logs each request (method, path, status, time) itself
-    }
-    if workers == 1:
-        uvicorn.run(create_app(settings), **common)
-        return
-    # Worker processes import the app and read their settings from the environment; the model
-    # is chosen (and trained if need be) once here, so that every worker serves the same one,
-    # and the ticket store is migrated once rather than by every worker.
-    settings = pin_model(settings)
-    if settings.database_migrate_on_start:
-        from triage.store.database import Database
-
-        database = Database(settings.database_url)
-        database.upgrade()
-        database.dispose()
-    os.environ.update(
-        TRIAGE_HOST=settings.host,
-        TRIAGE_PORT=str(settings.port),
-        TRIAGE_MODEL_DIR=str(settings.model_dir),
-    )
-    uvicorn.run(
-        "triage.api.app:app",
-        workers=workers,
-        timeout_worker_healthcheck=settings.worker_healthcheck_timeout,
-        **common,
-    )
+    run_server(settings, workers)
 
 
 def _train_summary(report: TrainReport) -> str:

@@ -90,8 +90,8 @@ class Settings(BaseSettings):
         default=60,
         ge=1,
         le=3600,
-        description="`triage serve --workers N`: seconds a worker may take to answer a health"
-        " check of uvicorn's supervisor before it is killed and restarted; a starting worker"
+        description="`triage serve --workers N`: seconds a worker may take to answer the"
+        " supervisor's health check before it is killed and restarted; a starting worker"
         " answers only after its imports, which take over 5 s (uvicorn's default) on a busy"
         " machine, so workers were restarted over and over",
     )
