@@ -69,11 +69,6 @@ class LinearConfig:
     # out of fold on the training split it moved P1 probabilities up without improving P1
     # precision at equal recall (docs/benchmarks.md §6). Models saved before it load with it off.
     cue_features: bool = False
-    # Word n-grams of a review's verdict clause (after the last contrast or summing-up word of
-    # the polarity lexicon's ``verdict_markers``, else the last sentence) hashed once more as
-    # features of their own, so that a head can weigh the overall verdict of a mixed review
-    # apart from the faults listed before it. Models saved before it load with it off.
-    verdict_ngrams: bool = False
 
     def __post_init__(self) -> None:
         def fail(name: str, expected: str) -> None:
@@ -108,7 +103,7 @@ class LinearConfig:
             fail("regularization_c", "positive values")
         if self.class_weight not in (None, "balanced"):
             fail("class_weight", "'balanced' or null")
-        for name in ("polarity_lexicon", "cue_features", "verdict_ngrams"):
+        for name in ("polarity_lexicon", "cue_features"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "true or false")
 
@@ -196,8 +191,7 @@ class Featurizer:
         cues: CueLexicon | None = None,
     ):
         self.config = config
-        uses_lexicon = config.polarity_lexicon or config.verdict_ngrams
-        self.lexicon = (lexicon or load_polarity_lexicon()) if uses_lexicon else None
+        self.lexicon = (lexicon or load_polarity_lexicon()) if config.polarity_lexicon else None
         self.cues = (cues or load_cue_lexicon_file()) if config.cue_features else None
         self.segmenter = Segmenter(config.segmenter)
         self.idf_char = idf_char
@@ -238,11 +232,7 @@ class Featurizer:
         word_rows, word_columns = _hashed_ngrams(
             word_codes, word_owners, range(1, self.config.word_ngram_max + 1), self.word_width
         )
-        for pseudo_rows, pseudo_columns in (
-            self._lexicon_hits(lowered),
-            self._cue_hits(lowered),
-            self._verdict_ngrams(lowered),
-        ):
+        for pseudo_rows, pseudo_columns in (self._lexicon_hits(lowered), self._cue_hits(lowered)):
             word_rows = np.concatenate([word_rows, pseudo_rows])
             word_columns = np.concatenate([word_columns, pseudo_columns])
         keys = np.concatenate([char_rows, word_rows]) * self.n_features + np.concatenate(
@@ -270,7 +260,7 @@ class Featurizer:
 
     def _lexicon_hits(self, lowered: Sequence[str]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """One pseudo-word per polarity-lexicon hit: ``polarity:positive`` or ``:negative``."""
-        if self.lexicon is None or not self.config.polarity_lexicon:
+        if self.lexicon is None:
             return self._pseudo_words([])
         polarity = {True: "polarity:positive", False: "polarity:negative"}
         return self._pseudo_words(
@@ -283,23 +273,6 @@ class Featurizer:
             return self._pseudo_words([])
         return self._pseudo_words(
             [sorted({f"cue:{hit.kind}" for hit in self.cues.find(t)}) for t in lowered]
-        )
-
-    def _verdict_ngrams(
-        self, lowered: Sequence[str]
-    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-        """Word n-grams of each text's verdict clause, as words marked apart from the text's
-        own (a leading SOH character), so that they hash to other columns."""
-        if self.lexicon is None or not self.config.verdict_ngrams:
-            return self._pseudo_words([])
-        clauses = [segment(self.lexicon.verdict(t), self.segmenter) for t in lowered]
-        return _hashed_ngrams(
-            np.fromiter(
-                (self._token_code("\x01" + w) for words in clauses for w in words), np.uint64
-            ),
-            np.repeat(np.arange(len(lowered)), [len(words) for words in clauses]),
-            range(1, self.config.word_ngram_max + 1),
-            self.word_width,
         )
 
     def weighted(self, texts: Sequence[str]) -> SparseRows:
@@ -535,7 +508,7 @@ class LinearEngine(MetaIdentity):
             )
             lexicon = (
                 load_polarity_lexicon(cls._saved_file(directory, LEXICON_FILE))
-                if config.polarity_lexicon or config.verdict_ngrams
+                if config.polarity_lexicon
                 else None
             )
             cues = (

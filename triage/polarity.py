@@ -18,9 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from triage.cues import NegationSpec, trie_pattern
 from triage.resources import load_data_file, packaged_data_path
 
-# Sentence ends: without a verdict marker, a review's verdict is its last sentence.
-_SENTENCE_END = frozenset("。！？!?；;…~～\n")
-
 
 @dataclass(frozen=True)
 class PolarityHit:
@@ -41,9 +38,6 @@ class PolarityLexicon(BaseModel):
     negative: list[str] = Field(min_length=1)
     # Longer words that contain a term without its sense; no term hits inside them.
     ignore: list[str] = Field(default_factory=list)
-    # Contrast and summing-up words (但是, 总的来说): a review states its overall verdict after
-    # the last of them. Lexicons saved before this field load with none.
-    verdict_markers: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _no_word_in_both(self) -> PolarityLexicon:
@@ -64,28 +58,6 @@ class PolarityLexicon(BaseModel):
     @cached_property
     def _positive(self) -> frozenset[str]:
         return frozenset(t.lower() for t in self.positive)
-
-    @cached_property
-    def _verdict_matcher(self) -> re.Pattern[str] | None:
-        words = sorted({w.lower() for w in self.verdict_markers})
-        return re.compile(trie_pattern(words)) if words else None
-
-    def verdict(self, text: str) -> str:
-        """The clause of ``text`` (already lower-cased) that gives the overall verdict: what
-        follows the last verdict marker, else the last sentence (closing punctuation aside)."""
-        if self._verdict_matcher is not None:
-            last = None
-            for last in self._verdict_matcher.finditer(text):
-                pass
-            if last is not None and text[last.end() :].strip():
-                return text[last.end() :]
-        end = len(text)
-        while end > 0 and (text[end - 1] in _SENTENCE_END or text[end - 1].isspace()):
-            end -= 1
-        start = end
-        while start > 0 and text[start - 1] not in _SENTENCE_END:
-            start -= 1
-        return text[start:end]
 
     def find(self, text: str) -> list[PolarityHit]:
         """Every lexicon word in ``text`` (already lower-cased), in order of appearance."""
