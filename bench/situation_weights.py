@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from triage.drafts import (
     SelectionWeights,
     complaint_topic_prior,
 )
+from triage.errors import ConfigError
 from triage.models.linear import HeadData, LinearConfig, LinearEngine
 from triage.replies import load_situation_keywords, load_template_bank
 from triage.taxonomy import load_taxonomy
@@ -74,7 +76,15 @@ class HeadOptions:
 
     c: float = 16.0  # the situation head's regularisation
     acceptable_weight: float = ACCEPTABLE_WEIGHT
-    cue_features: bool = False
+    # LinearConfig fields to change, e.g. {"cue_features": true, "regularization_c": {"topic": 16}}
+    # (regularisation is merged with the defaults; the situation head's comes from ``c``).
+    linear: dict[str, Any] = field(default_factory=dict)
+
+    def linear_config(self) -> LinearConfig:
+        default = LinearConfig()
+        changed = dict(self.linear)
+        c = {**default.regularization_c, **changed.pop("regularization_c", {})}
+        return replace(default, regularization_c={**c, "situation": self.c}, **changed)
 
 
 def fold_probabilities(
@@ -98,13 +108,8 @@ def fold_probabilities(
             fit_records, fit_texts, labels, bank, prepare_text, options.acceptable_weight
         ),
     }
-    default = LinearConfig()
-    config = LinearConfig(
-        regularization_c={**default.regularization_c, "situation": options.c},
-        cue_features=options.cue_features,
-    )
     engine = LinearEngine.fit(
-        config,
+        options.linear_config(),
         data,
         {"topic": topics, "situation": situation_head_labels(bank)},
         idf_head="topic",
@@ -288,7 +293,10 @@ def main() -> None:
         help="weight of a labeled message's row for each acceptable situation",
     )
     parser.add_argument(
-        "--cue-features", action="store_true", help="fit the heads with the urgency cue features"
+        "--linear",
+        type=json.loads,
+        default={},
+        help="LinearConfig fields to change, as JSON: '{\"cue_features\": true}'",
     )
     parser.add_argument("--jobs", type=int, default=1, help="folds fitted at once (processes)")
     parser.add_argument(
@@ -304,7 +312,11 @@ def main() -> None:
         help="an .npz of out-of-fold signals: read when it exists (no refitting), else written",
     )
     args = parser.parse_args()
-    options = HeadOptions(args.c, args.acceptable_weight, args.cue_features)
+    options = HeadOptions(args.c, args.acceptable_weight, args.linear)
+    try:  # a bad field fails now, not after the first fold
+        options.linear_config()
+    except (TypeError, ConfigError) as error:
+        parser.error(f"--linear: expected fields of LinearConfig (got {args.linear!r}): {error}")
     if args.signals and args.signals.exists():
         signals = load_signals(args.signals)
         print(f"read the out-of-fold signals from {args.signals}")
