@@ -65,6 +65,10 @@ LOG_SIMILARITY = (0.0, 0.5, 1.0, 2.0)
 LOG_KEYWORD = (0.0, 0.1, 0.2, 0.4)
 LOG_PRIOR = (0.0, 0.25, 0.5, 1.0)
 MARGIN = (0.0, 0.1, 0.2, 0.3, 1.0)
+# ... and of the blend's variants that give the topic more situation evidence (session 5).
+HEAD_SHARE = (0.0, 0.25, 0.5, 1.0)
+OUTSIDE_PENALTY = (0.0, 0.1, 0.25, 0.5, 1.0)
+TOPIC_POWER = (0.5, 1.0, 2.0)
 BEFORE = SelectionWeights(1.0, 0.5, 0.125, 0.025, 0.0)  # the weights shipped before
 EPSILON = 1e-4  # added to probabilities before their log
 FOLDS = 5
@@ -250,6 +254,16 @@ def rules(s: dict[str, Any]) -> dict[str, Rule]:
         allowed = first | (second & (margin[:, None] < delta))
         return np.where(allowed, joint(b, c, sim, k, p), -1e9)
 
+    outside_top_two = np.zeros_like(classifier)
+    for rank in range(2, order.shape[1]):
+        outside_top_two += s["situation_topic"][None, :] == order[:, rank : rank + 1]
+
+    def with_topic_evidence(h: float, pen: float, a: float, *weights: float) -> Array:
+        """The blend with the prior, plus h x the situation head's share of the topic, minus
+        ``pen`` outside the topic head's top two topics, with P(topic) raised to ``a``."""
+        sharpened = topic**a - topic
+        return blend(*weights) + sharpened + h * head_topic - pen * outside_top_two
+
     additive = list(itertools.product(CLASSIFIER, SIMILARITY, KEYWORD))
     with_prior = list(itertools.product(CLASSIFIER, SIMILARITY, KEYWORD, PRIOR))
     joint_grid = list(
@@ -269,6 +283,18 @@ def rules(s: dict[str, Any]) -> dict[str, Rule]:
         "joint, only the top topic or the top two when the topic margin < d": (
             top_two,
             [(d, *w) for d in MARGIN for w in joint_grid if w[0] in (0.0, 0.5) and w[4] <= 0.5],
+        ),
+        "blend + prior + h x the head's share of the topic": (
+            with_topic_evidence,
+            [(h, 0.0, 1.0, *w) for h in HEAD_SHARE for w in with_prior],
+        ),
+        "blend + prior, minus a penalty outside the topic head's top two": (
+            with_topic_evidence,
+            [(0.0, pen, 1.0, *w) for pen in OUTSIDE_PENALTY for w in with_prior],
+        ),
+        "blend + prior with P(topic) ** a": (
+            with_topic_evidence,
+            [(0.0, 0.0, a, *w) for a in TOPIC_POWER for w in with_prior],
         ),
     }
 
