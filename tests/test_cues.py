@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
-from triage.cues import Cue, CueLexicon, load_cue_lexicon
+from triage.cues import Cue, CueLexicon, load_cue_lexicon, with_first_char_lookahead
 from triage.taxonomy import load_taxonomy
 from triage.text import normalize
+from triage.training.corpus import seed_corpus_path
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +235,33 @@ def test_hit_inside_an_exclusion_context_is_dropped(lexicon, text, kind):
 )
 def test_same_words_outside_the_exclusion_context_still_hit(lexicon, text, kind):
     assert kind in _kinds(lexicon.find(text))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text"),
+    [
+        ("退款|(?<![0-9])12315(?![0-9])|[!！]{3,}", "a112315 12315 退款!!!"),
+        ("(?:第)?[0-9一二三]+次|VIP", "第3次 3次 vip 第三次"),
+        (r"(?:\d+|[一二两])(?:个)?(?:小时|天)内", "3天内 两个小时内 个小时内"),
+        ("(?=退)退款|投诉", "退货 退款 投诉"),
+    ],
+)
+def test_first_character_lookahead_keeps_every_match(pattern, text):
+    fast = re.compile(with_first_char_lookahead(pattern, re.IGNORECASE), re.IGNORECASE)
+    assert fast.pattern.startswith("(?=[")
+    plain = re.compile(pattern, re.IGNORECASE)
+    assert [m.span() for m in fast.finditer(text)] == [m.span() for m in plain.finditer(text)]
+
+
+@pytest.mark.parametrize("pattern", ["(?:退款)?", ".退款", "[^a]退款", r"(a)?\1b"])
+def test_patterns_whose_start_cannot_be_told_are_left_unchanged(pattern):
+    assert with_first_char_lookahead(pattern, re.IGNORECASE) == pattern
+
+
+def test_shipped_lexicon_matches_as_without_the_lookahead(lexicon):
+    fast = lexicon._matcher
+    assert fast.pattern.startswith("(?=[")
+    plain = re.compile(fast.pattern[fast.pattern.index("])(?:") + 5 : -1], re.IGNORECASE)
+    for line in seed_corpus_path("dev").read_text(encoding="utf-8").splitlines():
+        text = normalize(json.loads(line)["text"])
+        assert [m.span() for m in fast.finditer(text)] == [m.span() for m in plain.finditer(text)]
