@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +36,14 @@ from triage.drafts import (
     SelectionWeights,
     complaint_topic_prior,
 )
+from triage.errors import ConfigError
 from triage.models.linear import HeadData, LinearConfig, LinearEngine
 from triage.replies import load_situation_keywords, load_template_bank
 from triage.taxonomy import load_taxonomy
-from triage.training.corpus import load_corpus, seed_corpus_path
+from triage.training.corpus import CorpusRecord, load_corpus, seed_corpus_path
 from triage.training.situations import (
+    ACCEPTABLE_WEIGHT,
+    SituationLabel,
     load_situation_labels,
     seed_situations_path,
     situation_head_data,
@@ -59,12 +65,72 @@ LOG_SIMILARITY = (0.0, 0.5, 1.0, 2.0)
 LOG_KEYWORD = (0.0, 0.1, 0.2, 0.4)
 LOG_PRIOR = (0.0, 0.25, 0.5, 1.0)
 MARGIN = (0.0, 0.1, 0.2, 0.3, 1.0)
+# ... and of the blend's variants that give the topic more situation evidence (session 5).
+HEAD_SHARE = (0.0, 0.25, 0.5, 1.0)
+OUTSIDE_PENALTY = (0.0, 0.1, 0.25, 0.5, 1.0)
+TOPIC_POWER = (0.5, 1.0, 2.0)
 BEFORE = SelectionWeights(1.0, 0.5, 0.125, 0.025, 0.0)  # the weights shipped before
 EPSILON = 1e-4  # added to probabilities before their log
+FOLDS = 5
 
 
-def out_of_fold(c: float) -> dict[str, Any]:
-    """Out-of-fold signals for every labeled training complaint, per situation of the bank."""
+@dataclass(frozen=True)
+class HeadOptions:
+    """What the out-of-fold heads are fitted with (the shipped defaults unless changed)."""
+
+    c: float = 16.0  # the situation head's regularisation
+    acceptable_weight: float = ACCEPTABLE_WEIGHT
+    # LinearConfig fields to change, e.g. {"cue_features": true, "regularization_c": {"topic": 16}}
+    # (regularisation is merged with the defaults; the situation head's comes from ``c``).
+    linear: dict[str, Any] = field(default_factory=dict)
+
+    def linear_config(self) -> LinearConfig:
+        default = LinearConfig()
+        changed = dict(self.linear)
+        c = {**default.regularization_c, **changed.pop("regularization_c", {})}
+        return replace(default, regularization_c={**c, "situation": self.c}, **changed)
+
+
+def fold_probabilities(
+    records: Sequence[CorpusRecord],
+    texts: Sequence[str],
+    labels: Sequence[SituationLabel],
+    fit_rows: NDArray[np.int64],
+    held_out: NDArray[np.int64],
+    options: HeadOptions,
+) -> tuple[Array, Array, dict[str, float]]:
+    """One fold: the topic and situation heads fitted on ``fit_rows``, their probabilities for
+    ``held_out`` and the log share of each topic among the fitted complaints."""
+    taxonomy = load_taxonomy()
+    bank = load_template_bank(taxonomy)
+    topics = taxonomy.topic_ids
+    fit_records = [records[i] for i in fit_rows]
+    fit_texts = [texts[i] for i in fit_rows]
+    data = {
+        "topic": HeadData(fit_texts, [r.topic for r in fit_records]),
+        "situation": situation_head_data(
+            fit_records, fit_texts, labels, bank, prepare_text, options.acceptable_weight
+        ),
+    }
+    engine = LinearEngine.fit(
+        options.linear_config(),
+        data,
+        {"topic": topics, "situation": situation_head_labels(bank)},
+        idf_head="topic",
+    )
+    probs = {
+        head: p.astype(np.float64)
+        for head, p in engine.predict_proba([texts[i] for i in held_out]).items()
+    }
+    counts = {t: sum(r.is_complaint and r.topic == t for r in fit_records) for t in topics}
+    return probs["topic"], probs["situation"], complaint_topic_prior(counts, topics)
+
+
+def out_of_fold(options: HeadOptions, jobs: int = 1, n_folds: int = FOLDS) -> dict[str, Any]:
+    """Out-of-fold signals for every labeled training complaint, per situation of the bank;
+    ``jobs`` folds are fitted at once (each in its own process). With ``n_folds`` below five
+    only the complaints of the first ``n_folds`` folds get signals: a quicker, paired comparison
+    of head options (the folds are the same whatever the labels)."""
     taxonomy = load_taxonomy()
     bank = load_template_bank(taxonomy)
     keywords = load_situation_keywords(bank)
@@ -73,36 +139,28 @@ def out_of_fold(c: float) -> dict[str, Any]:
     texts = [prepare_text(r.text) for r in records]
     topics, situations = taxonomy.topic_ids, bank.situations()
     position = {r.id: i for i, r in enumerate(records)}
-    rows = np.array([position[label.id] for label in labels])
     gold = np.array([topics.index(r.topic) for r in records])
     situation_topic = np.array([topics.index(t) for t, _ in situations])
     topic_p = np.zeros((len(records), len(topics)))
     classifier_p = np.zeros((len(records), len(situations)))
     prior = np.zeros((len(records), len(situations)))
     fold_of = np.zeros(len(records), np.int64)
-    folds = StratifiedKFold(5, shuffle=True, random_state=0).split(texts, gold)
-    for fold, (fit_rows, held_out) in enumerate(tqdm(list(folds), desc="folds", unit="fold")):
-        fit_records = [records[i] for i in fit_rows]
-        fit_texts = [texts[i] for i in fit_rows]
-        data = {
-            "topic": HeadData(fit_texts, [r.topic for r in fit_records]),
-            "situation": situation_head_data(fit_records, fit_texts, labels, bank, prepare_text),
-        }
-        default = LinearConfig()
-        config = LinearConfig(regularization_c={**default.regularization_c, "situation": c})
-        engine = LinearEngine.fit(
-            config,
-            data,
-            {"topic": topics, "situation": situation_head_labels(bank)},
-            idf_head="topic",
-        )
-        probs = engine.predict_proba([texts[i] for i in held_out])
-        topic_p[held_out] = probs["topic"]
-        classifier_p[held_out] = probs["situation"]
-        counts = {t: sum(r.is_complaint and r.topic == t for r in fit_records) for t in topics}
-        log_share = complaint_topic_prior(counts, topics)
-        prior[held_out] = [log_share[t] for t, _ in situations]
-        fold_of[held_out] = fold
+    folds = list(StratifiedKFold(FOLDS, shuffle=True, random_state=0).split(texts, gold))
+    folds = folds[:n_folds]
+    with ProcessPoolExecutor(jobs) as pool:
+        fitted = [
+            pool.submit(fold_probabilities, records, texts, labels, fit, out, options)
+            for fit, out in folds
+        ]
+        for fold, ((_, held_out), future) in enumerate(
+            zip(folds, tqdm(fitted, desc="folds", unit="fold"), strict=True)
+        ):
+            topic_p[held_out], classifier_p[held_out], log_share = future.result()
+            prior[held_out] = [log_share[t] for t, _ in situations]
+            fold_of[held_out] = fold
+    fitted_rows = set(np.concatenate([held_out for _, held_out in folds]).tolist())
+    labels = [label for label in labels if position[label.id] in fitted_rows]
+    rows = np.array([position[label.id] for label in labels])
     index = ExampleIndex(bank.templates)
     all_topics = sorted({topic for topic, _ in situations})
     similarity, hits = [], []
@@ -196,6 +254,16 @@ def rules(s: dict[str, Any]) -> dict[str, Rule]:
         allowed = first | (second & (margin[:, None] < delta))
         return np.where(allowed, joint(b, c, sim, k, p), -1e9)
 
+    outside_top_two = np.zeros_like(classifier)
+    for rank in range(2, order.shape[1]):
+        outside_top_two += s["situation_topic"][None, :] == order[:, rank : rank + 1]
+
+    def with_topic_evidence(h: float, pen: float, a: float, *weights: float) -> Array:
+        """The blend with the prior, plus h x the situation head's share of the topic, minus
+        ``pen`` outside the topic head's top two topics, with P(topic) raised to ``a``."""
+        sharpened = topic**a - topic
+        return blend(*weights) + sharpened + h * head_topic - pen * outside_top_two
+
     additive = list(itertools.product(CLASSIFIER, SIMILARITY, KEYWORD))
     with_prior = list(itertools.product(CLASSIFIER, SIMILARITY, KEYWORD, PRIOR))
     joint_grid = list(
@@ -216,6 +284,18 @@ def rules(s: dict[str, Any]) -> dict[str, Rule]:
             top_two,
             [(d, *w) for d in MARGIN for w in joint_grid if w[0] in (0.0, 0.5) and w[4] <= 0.5],
         ),
+        "blend + prior + h x the head's share of the topic": (
+            with_topic_evidence,
+            [(h, 0.0, 1.0, *w) for h in HEAD_SHARE for w in with_prior],
+        ),
+        "blend + prior, minus a penalty outside the topic head's top two": (
+            with_topic_evidence,
+            [(0.0, pen, 1.0, *w) for pen in OUTSIDE_PENALTY for w in with_prior],
+        ),
+        "blend + prior with P(topic) ** a": (
+            with_topic_evidence,
+            [(0.0, 0.0, a, *w) for a in TOPIC_POWER for w in with_prior],
+        ),
     }
 
 
@@ -233,16 +313,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--c", type=float, default=16.0, help="situation head regularisation")
     parser.add_argument(
+        "--acceptable-weight",
+        type=float,
+        default=ACCEPTABLE_WEIGHT,
+        help="weight of a labeled message's row for each acceptable situation",
+    )
+    parser.add_argument(
+        "--linear",
+        type=json.loads,
+        default={},
+        help="LinearConfig fields to change, as JSON: '{\"cue_features\": true}'",
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="folds fitted at once (processes)")
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=FOLDS,
+        choices=range(1, FOLDS + 1),
+        help="fit only the first N of the five folds (the rules' nested choice needs two)",
+    )
+    parser.add_argument(
         "--signals",
         type=Path,
         help="an .npz of out-of-fold signals: read when it exists (no refitting), else written",
     )
     args = parser.parse_args()
+    options = HeadOptions(args.c, args.acceptable_weight, args.linear)
+    try:  # a bad field fails now, not after the first fold
+        options.linear_config()
+    except (TypeError, ConfigError) as error:
+        parser.error(f"--linear: expected fields of LinearConfig (got {args.linear!r}): {error}")
     if args.signals and args.signals.exists():
         signals = load_signals(args.signals)
         print(f"read the out-of-fold signals from {args.signals}")
     else:
-        signals = out_of_fold(args.c)
+        signals = out_of_fold(options, args.jobs, args.folds)
         if args.signals:
             save_signals(args.signals, signals)
     fits, has, fold = signals["fits"], signals["fits"].any(axis=1), signals["fold"]
@@ -250,9 +355,10 @@ def main() -> None:
     ranked_topics = np.argsort(-signals["topic_p"], axis=1)
     print(f"{len(fits)} labeled complaints, {int(has.sum())} with a situation in the bank")
     compared = []
-    for name, (rule, grid) in tqdm(rules(signals).items(), desc="rules", unit="rule"):
-        compared.append({"rule": name, **nested(rule, grid, fits, fold)})
-    print(markdown_table(list(compared[0]), [list(r.values()) for r in compared]))
+    if len(np.unique(fold)) > 1:
+        for name, (rule, grid) in tqdm(rules(signals).items(), desc="rules", unit="rule"):
+            compared.append({"rule": name, **nested(rule, grid, fits, fold)})
+        print(markdown_table(list(compared[0]), [list(r.values()) for r in compared]))
     # The same signals without the situation head, as drafts rank them for other models:
     # situations of the topic head's choice, by similarity and keywords.
     top_topic = signals["topic"] >= signals["topic"].max(axis=1, keepdims=True)
@@ -292,7 +398,7 @@ def main() -> None:
     result = {
         "labeled_complaints": len(fits),
         "with_a_situation": int(has.sum()),
-        "situation_head_c": args.c,
+        "head_options": asdict(options),
         "rules": compared,
         **breakdown,
     }
