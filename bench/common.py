@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -15,6 +16,16 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
+
+
+def add_linear_option(parser: argparse.ArgumentParser) -> None:
+    """``--linear``: LinearConfig fields that differ from the defaults, as a JSON object."""
+    parser.add_argument(
+        "--linear",
+        type=json.loads,
+        default={},
+        help="non-default LinearConfig fields as JSON, e.g. '{\"cue_features\": true}'",
+    )
 
 
 def shared_datasets_dir() -> Path:

@@ -7,13 +7,19 @@ or loads ``--model-dir``, and scores the full pipeline (model and cues) on the s
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common import markdown_table, seed_corpus, trained_default_model, verdict, write_result
+from common import (
+    add_linear_option,
+    markdown_table,
+    seed_corpus,
+    trained_default_model,
+    verdict,
+    write_result,
+)
 
 from triage.engines import Engine, load_engine
 from triage.evaluate import evaluate_pipeline
@@ -55,12 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, help="evaluate this model instead of training")
     parser.add_argument("--dev", type=Path, default=seed_corpus_path("dev"), help="dev JSONL")
-    parser.add_argument(
-        "--linear",
-        type=json.loads,
-        default=None,
-        help="non-default LinearConfig fields as JSON, e.g. '{\"word_ngram_max\": 3}'",
-    )
+    add_linear_option(parser)
     args = parser.parse_args()
 
     train_seconds = None

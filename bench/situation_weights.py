@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import markdown_table, write_result
+from common import add_linear_option, markdown_table, write_result
 from numpy.typing import NDArray
 from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
@@ -318,12 +317,7 @@ def main() -> None:
         default=ACCEPTABLE_WEIGHT,
         help="weight of a labeled message's row for each acceptable situation",
     )
-    parser.add_argument(
-        "--linear",
-        type=json.loads,
-        default={},
-        help="LinearConfig fields to change, as JSON: '{\"cue_features\": true}'",
-    )
+    add_linear_option(parser)
     parser.add_argument("--jobs", type=int, default=1, help="folds fitted at once (processes)")
     parser.add_argument(
         "--folds",

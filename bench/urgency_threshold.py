@@ -15,13 +15,12 @@ messages they hit. The chosen pair is the most precise one whose out-of-fold P1 
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from common import markdown_table, write_result
+from common import add_linear_option, markdown_table, write_result
 from numpy.typing import NDArray
 from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
@@ -128,12 +127,7 @@ def decide(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--linear",
-        type=json.loads,
-        default={},
-        help="non-default LinearConfig fields as JSON, e.g. '{\"cue_features\": true}'",
-    )
+    add_linear_option(parser)
     parser.add_argument("--recall", type=float, default=0.97, help="out-of-fold P1 recall")
     parser.add_argument("--gate-below", type=float, default=0.8, help="floor precision")
     args = parser.parse_args()
