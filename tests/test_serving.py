@@ -139,8 +139,10 @@ def test_without_so_reuseport_uvicorn_supervises_one_shared_socket(
 
     monkeypatch.setattr(triage.serving, "Multiprocess", SharedSocketSupervisor)
     monkeypatch.setattr(triage.serving, "CAN_REUSE_PORT", False)
+    # serve() hands the pinned settings to the workers through the environment: a copy here.
+    monkeypatch.setattr(os, "environ", dict(os.environ))
     for name in ("TRIAGE_MODEL_DIR", "TRIAGE_PORT", "TRIAGE_HOST"):
-        monkeypatch.delenv(name, raising=False)
+        os.environ.pop(name, None)
     port = free_port()
     args = ["serve", "--workers", "3", "--port", str(port), "--model-dir", str(small_model_dir)]
     result = CliRunner().invoke(main, args, env={"TRIAGE_WORKER_HEALTHCHECK_TIMEOUT": "90"})
