@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,9 @@ def test_default_config_is_valid_and_has_no_non_defaults():
         ({"regularization_c": {"topic": -1.0}}, "regularization_c", "-1.0"),
         ({"regularization_c": {"topic": 0.0}}, "regularization_c", "0.0"),
         ({"class_weight": "auto"}, "class_weight", "'auto'"),
+        ({"solver": "liblinear"}, "solver", "'liblinear'"),
+        ({"min_df": {"topic": 1.0}}, "min_df", "1.0"),
+        ({"min_df": {"topic": -0.1}}, "min_df", "-0.1"),
     ],
 )
 def test_config_rejects_bad_values_quoting_them(kwargs, field, shown):
@@ -184,6 +188,26 @@ def test_three_label_head_with_two_labels_present_still_predicts_them():
     assert _predicted(fitted, "sentiment", TEXTS) == SENTIMENTS
     neutral = LABEL_SETS["sentiment"].index("neutral")
     assert np.all(fitted.predict_proba(TEXTS)["sentiment"][:, neutral] < 1e-6)
+
+
+def test_min_df_gives_weight_only_to_columns_in_that_share_of_a_heads_rows():
+    # "退" occurs in three of the eight topic rows, "丢" in one.
+    config = replace(SMALL, min_df={"topic": 0.25})
+    fitted = LinearEngine.fit(config, _data(), LABEL_SETS)
+    topic = fitted._slices["topic"]
+    counts = fitted.featurizer.counts(["退", "丢"])
+    frequent, rare = (counts.columns[counts.indptr[row]] for row in (0, 1))  # char columns
+    assert np.any(fitted.weights[frequent, topic] != 0)
+    assert np.all(fitted.weights[rare, topic] == 0)
+    # Other heads keep every column they saw.
+    assert np.any(fitted.weights[rare, fitted._slices["complaint"]] != 0)
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "sag"])
+def test_every_solver_reaches_the_same_predictions(engine, solver):
+    other = LinearEngine.fit(replace(SMALL, solver=solver), _data(), LABEL_SETS)
+    for head in LABEL_SETS:
+        assert _predicted(other, head, TEXTS) == _predicted(engine, head, TEXTS)
 
 
 def test_sample_weights_change_the_fit():
