@@ -161,8 +161,10 @@ def _head_data(
 ) -> dict[str, HeadData]:
     """Rows per head. The review sentences train only the polarity head (positive vs negative),
     so they never shift where the sentiment head draws the line to neutral, and the genre head,
-    which tells them from customer messages (the pipeline trusts each polar head in the genre
-    it learned from)."""
+    which tells reviews from customer messages (the pipeline trusts each polar head in the genre
+    it learned from). The corpus's own review-channel messages count as reviews there: the
+    polarity head learned them too, and labeling them messages taught the genre head that a
+    review written like ours is a message."""
     heads = {
         "topic": HeadData(texts, [r.topic for r in records]),
         "sentiment": HeadData(texts, [r.sentiment for r in records]),
@@ -182,7 +184,9 @@ def _head_data(
         )
         message, review = GENRE_LABELS
         heads["genre"] = HeadData(
-            [*texts, *(t for t, _ in reviews)], [message] * len(texts) + [review] * len(reviews)
+            [*texts, *(t for t, _ in reviews)],
+            [review if r.channel == "review" else message for r in records]
+            + [review] * len(reviews),
         )
     return heads
 
