@@ -327,12 +327,14 @@ class TriagePipeline:
         ]
         if replies and self.suggester is not None:
             situations = self._situation_probs(probs)
+            similarity = self.suggester.similarity([p.masked_text for p in prepared])
             for i, (p, result) in enumerate(zip(prepared, results, strict=True)):
                 result.replies = self.suggester.suggest(
                     result,
                     {"product": p.product},
                     situation_probs=None if situations is None else situations[i],
                     complaint_prior=self._complaint_prior,
+                    similarity=similarity[i],
                 )
         return results
 
