@@ -55,8 +55,11 @@ _PATTERNS: dict[str, re.Pattern[str]] = {
     "date": re.compile(r"(\d{4}[-/年]\d{1,2}[-/月]\d{1,2}日?|\d{1,2}月\d{1,2}[日号])"),
 }
 # A one-character surname with a title, standing at the start of a clause ("王女士", "我是李经理").
+_TITLES = ("先生", "女士", "小姐", "经理", "总")
 _NAME = re.compile(
-    r"(?:^|(?<=[\n,.!?;:\s。，！？；：、])|(?<=我是)|(?<=我姓))([\u4e00-\u9fa5])(先生|女士|小姐|经理|总)(?![\u4e00-\u9fa5])"
+    r"(?:^|(?<=[\n,.!?;:\s。，！？；：、])|(?<=我是)|(?<=我姓))([\u4e00-\u9fa5])"
+    f"({'|'.join(_TITLES)})"
+    r"(?![\u4e00-\u9fa5])"
 )
 SITUATION_HEAD = "situation"
 MAX_KEYWORD_HITS = 3
@@ -77,7 +80,8 @@ _NONE = np.zeros(0, np.int64)
 def extract_slots(text: str, products: ProductLexicon | None = None) -> dict[str, str]:
     """Slot values found in a (masked, normalised) message."""
     found = {name: m.group(1).strip() for name, p in _PATTERNS.items() if (m := p.search(text))}
-    name = _NAME.search(text)
+    # The search tries every position; a text without any title cannot match.
+    name = _NAME.search(text) if any(title in text for title in _TITLES) else None
     if name:
         surname, title = name.group(1), name.group(2)
         found["salutation"] = surname + ("女士" if title == "小姐" else title)
@@ -679,7 +683,7 @@ class ReplySuggester:
                 if part
             )
             drafts.append(
-                ReplyDraft(
+                ReplyDraft.model_construct(  # from checked values: validation only costs time
                     template_id=chosen.id,
                     text=text,
                     score=round(float(scores[j]), 3),

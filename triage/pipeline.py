@@ -243,7 +243,8 @@ class TriagePipeline:
             reasons.append(f"complaint score {complaint_score:.2f} is close to {t.complaint:.2f}")
 
         def scores(labels: list[str], row: FloatArray) -> dict[str, float]:
-            return {label: round(float(p), 4) for label, p in zip(labels, row, strict=True)}
+            # ``tolist`` gives the floats ``float(p)`` would, without a NumPy scalar for each.
+            return {label: round(p, 4) for label, p in zip(labels, row.tolist(), strict=True)}
 
         # Built from values this method computed itself; validation would only cost time.
         return TriageResult.model_construct(

@@ -337,7 +337,10 @@ class ProductLexicon(_Strict):
         return words
 
     @cached_property
-    def _patterns(self) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    def _patterns(self) -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+        """Any noun; a cue, then a noun; a noun, then a cue. Both product patterns need a noun,
+        and most messages have none: the first, a plain search, rules them out quickly."""
+
         def either(words: list[str]) -> str:
             return "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
 
@@ -345,6 +348,7 @@ class ProductLexicon(_Strict):
         nouns = f"(?P<noun>{either(self.nouns)}){outside}"
         modifier = f"(?P<modifier>[\\u4e00-\\u9fa5A-Za-z0-9]{{0,{self.modifier_max_chars}}}?)"
         return (
+            re.compile(either(self.nouns), re.IGNORECASE),
             re.compile(f"(?:{either(self.before)}){modifier}{nouns}", re.IGNORECASE),
             re.compile(f"(?P<model>[A-Za-z0-9-]*){nouns}(?:{either(self.after)})", re.IGNORECASE),
         )
@@ -355,7 +359,9 @@ class ProductLexicon(_Strict):
         A brand or model between the cue and the noun is kept ("买的格林立式空调") unless it holds
         a function word ("买的那个空调" gives 空调), so the name reads naturally in a draft.
         """
-        cue_then_noun, noun_then_cue = self._patterns
+        any_noun, cue_then_noun, noun_then_cue = self._patterns
+        if not any_noun.search(text):
+            return None
         found = [(m.start(), m["modifier"] + m["noun"]) for m in cue_then_noun.finditer(text)]
         found += [(m.start(), m["model"] + m["noun"]) for m in noun_then_cue.finditer(text)]
         if not found:
