@@ -54,6 +54,8 @@ _PATTERNS: dict[str, re.Pattern[str]] = {
     "amount": re.compile(r"((?:¥\s*)?\d[\d,]*(?:\.\d{1,2})?\s*(?:元|块钱|块)|\d+(?:\.\d+)?万元?)"),
     "date": re.compile(r"(\d{4}[-/年]\d{1,2}[-/月]\d{1,2}日?|\d{1,2}月\d{1,2}[日号])"),
 }
+_DIGIT = re.compile(r"\d")
+_PATTERNS_WITHOUT_DIGITS = {k: v for k, v in _PATTERNS.items() if k not in ("amount", "date")}
 # A one-character surname with a title, standing at the start of a clause ("王女士", "我是李经理").
 _TITLES = ("先生", "女士", "小姐", "经理", "总")
 _NAME = re.compile(
@@ -79,7 +81,9 @@ _NONE = np.zeros(0, np.int64)
 
 def extract_slots(text: str, products: ProductLexicon | None = None) -> dict[str, str]:
     """Slot values found in a (masked, normalised) message."""
-    found = {name: m.group(1).strip() for name, p in _PATTERNS.items() if (m := p.search(text))}
+    # The amount and date patterns need a digit, which about half of all messages lack.
+    patterns = _PATTERNS if _DIGIT.search(text) else _PATTERNS_WITHOUT_DIGITS
+    found = {name: m.group(1).strip() for name, p in patterns.items() if (m := p.search(text))}
     # The search tries every position; a text without any title cannot match.
     name = _NAME.search(text) if any(title in text for title in _TITLES) else None
     if name:
