@@ -18,13 +18,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
 
-def add_linear_option(parser: argparse.ArgumentParser) -> None:
-    """``--linear``: LinearConfig fields that differ from the defaults, as a JSON object."""
+def add_linear_option(parser: argparse.ArgumentParser, repeatable: bool = False) -> None:
+    """``--linear``: LinearConfig fields that differ from the defaults, as a JSON object (a list
+    of them, one per ``--linear``, when ``repeatable``)."""
     parser.add_argument(
         "--linear",
         type=json.loads,
-        default={},
-        help="non-default LinearConfig fields as JSON, e.g. '{\"cue_features\": true}'",
+        action="append" if repeatable else "store",
+        default=None if repeatable else {},
+        help="non-default LinearConfig fields as JSON, e.g. '{\"cue_features\": true}'"
+        + ("; repeat to compare settings" if repeatable else ""),
     )
 
 

@@ -36,6 +36,15 @@ LEXICON_FILE = "polarity_lexicon.json"
 # The urgency cue lexicon a model's cue features were counted with, saved beside its weights.
 CUES_FILE = "cue_lexicon.json"
 FORMAT_VERSION = 2
+# scikit-learn solvers that fit multinomial logistic regression on sparse rows with weights.
+SOLVERS = ("newton-cg", "lbfgs", "sag", "saga")
+# How a model saved before a LinearConfig field existed was trained: it loads with these.
+SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {
+    "polarity_lexicon": False,
+    "cue_features": False,
+    "solver": "lbfgs",
+    "min_df": {},
+}
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,25 @@ class LinearConfig:
     )
     class_weight: str | None = "balanced"
     max_iter: int = 3000
+    # Newton-CG reaches the same optimum as L-BFGS in a few iterations and holds no 10-pair
+    # history of the weights (the memory a 69-class head needed): docs/benchmarks.md,
+    # "Training time".
+    solver: str = "newton-cg"
+    # Per head, the share of its training rows a column must occur in to get any weight
+    # (scikit-learn's proportional ``min_df``). Set for the slow heads: on held-out training
+    # rows, 0.0002 (at least 3 rows of each of the seed corpus's heads) scored as well as or
+    # better than every column, and the fits run several times faster (docs/benchmarks.md,
+    # "Training time"). Sets under 5,000 rows keep every column. The sentiment head (fast, and
+    # the head the shared review sets measure) and the polarity head (worse on held-out rows,
+    # mostly short review sentences) keep every column, as do unlisted heads.
+    min_df: dict[str, float] = field(
+        default_factory=lambda: {
+            "topic": 0.0002,
+            "urgency": 0.0002,
+            "complaint": 0.0002,
+            "situation": 0.0002,
+        }
+    )
     # Two extra word-block features: hits of positive and of negative words of the polarity
     # lexicon (triage/data/polarity_lexicon.yaml), negation-aware; see triage/polarity.py.
     # Models saved before this option existed load with it off.
@@ -99,8 +127,23 @@ class LinearConfig:
             fail("max_iter", "a positive integer")
         if self.segmenter not in {s.value for s in Segmenter}:
             fail("segmenter", f"one of {[s.value for s in Segmenter]}")
-        if any(c <= 0 for c in self.regularization_c.values()):
-            fail("regularization_c", "positive values")
+
+        def numbers(mapping: object) -> list[float] | None:
+            """The values of a {head: number} mapping, or None when it is not one."""
+            if not isinstance(mapping, dict) or not all(isinstance(k, str) for k in mapping):
+                return None
+            values = list(mapping.values())
+            plain = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+            return values if plain else None
+
+        c_values = numbers(self.regularization_c)
+        if c_values is None or any(c <= 0 for c in c_values):
+            fail("regularization_c", "a {head: positive number} mapping")
+        if self.solver not in SOLVERS:
+            fail("solver", f"one of {list(SOLVERS)}")
+        shares = numbers(self.min_df)
+        if shares is None or any(not 0.0 <= share < 1.0 for share in shares):
+            fail("min_df", "a {head: share of rows in [0, 1)} mapping")
         if self.class_weight not in (None, "balanced"):
             fail("class_weight", "'balanced' or null")
         for name in ("polarity_lexicon", "cue_features"):
@@ -313,6 +356,15 @@ class Featurizer:
         )
 
 
+def _frequent_columns(features: sp.csr_matrix, min_df: float) -> NDArray[np.int64]:
+    """The columns a head is fitted on: those in at least a ``min_df`` share of its rows (at
+    least one row). Columns that never occur would get zero weight anyway; rarer ones than the
+    share are left out on purpose, since n-grams seen in one or two messages rarely carry over
+    to new ones, and the solver's work shrinks with the columns."""
+    document_frequency = np.bincount(features.indices, minlength=features.shape[1])
+    return np.flatnonzero(document_frequency >= max(1.0, min_df * features.shape[0]))
+
+
 class LinearEngine(MetaIdentity):
     """Linear heads over a shared featurizer. ``predict_proba`` is the only model call."""
 
@@ -399,12 +451,11 @@ class LinearEngine(MetaIdentity):
                 class_weight=config.class_weight,
                 max_iter=config.max_iter,
                 random_state=seed,
+                solver=config.solver,
             )
             weights = None if head.weights is None else np.asarray(head.weights, np.float64)
-            # Fit on the columns that occur in this head's rows only: columns that never occur
-            # get zero weight under L2 regularisation anyway, and the solver runs far faster.
             features = featurizer.transform(head.texts)
-            used = np.unique(features.indices)
+            used = _frequent_columns(features, config.min_df.get(name, 0.0))
             classifier.fit(features[:, used], y, sample_weight=weights)
             spec = HeadSpec(labels, "sigmoid" if len(labels) == 2 else "softmax")
             coef = np.zeros(
@@ -505,9 +556,7 @@ class LinearEngine(MetaIdentity):
                 f"{config_path}: expected engine 'linear' format {FORMAT_VERSION} (got {got!r})"
             )
         try:
-            config = LinearConfig(
-                **{"polarity_lexicon": False, "cue_features": False, **saved["features"]}
-            )
+            config = LinearConfig(**{**SETTINGS_BEFORE_THEY_EXISTED, **saved["features"]})
             lexicon = (
                 load_polarity_lexicon(cls._saved_file(directory, LEXICON_FILE))
                 if config.polarity_lexicon

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,12 @@ def test_default_config_is_valid_and_has_no_non_defaults():
         ({"regularization_c": {"topic": -1.0}}, "regularization_c", "-1.0"),
         ({"regularization_c": {"topic": 0.0}}, "regularization_c", "0.0"),
         ({"class_weight": "auto"}, "class_weight", "'auto'"),
+        ({"solver": "liblinear"}, "solver", "'liblinear'"),
+        ({"min_df": {"topic": 1.0}}, "min_df", "1.0"),
+        ({"min_df": {"topic": -0.1}}, "min_df", "-0.1"),
+        ({"min_df": 0.001}, "min_df", "0.001"),
+        ({"min_df": {"topic": "0.1"}}, "min_df", "'0.1'"),
+        ({"regularization_c": {"topic": "8"}}, "regularization_c", "'8'"),
     ],
 )
 def test_config_rejects_bad_values_quoting_them(kwargs, field, shown):
@@ -186,6 +193,39 @@ def test_three_label_head_with_two_labels_present_still_predicts_them():
     assert np.all(fitted.predict_proba(TEXTS)["sentiment"][:, neutral] < 1e-6)
 
 
+def test_min_df_gives_weight_only_to_columns_in_that_share_of_a_heads_rows():
+    # "退" occurs in three of the eight topic rows, "丢" in one.
+    config = replace(SMALL, min_df={"topic": 0.25})
+    fitted = LinearEngine.fit(config, _data(), LABEL_SETS)
+    topic = fitted._slices["topic"]
+    # "谢" occurs in exactly two rows: 0.25 of eight, kept ("at least").
+    counts = fitted.featurizer.counts(["退", "丢", "谢"])
+    frequent, rare, boundary = (counts.columns[counts.indptr[row]] for row in (0, 1, 2))
+    assert np.any(fitted.weights[frequent, topic] != 0)
+    assert np.any(fitted.weights[boundary, topic] != 0)
+    assert np.all(fitted.weights[rare, topic] == 0)
+    # Other heads keep every column they saw.
+    assert np.any(fitted.weights[rare, fitted._slices["complaint"]] != 0)
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "sag", "saga"])
+def test_the_configured_solver_fits_every_head(monkeypatch, engine, solver):
+    from sklearn.linear_model import LogisticRegression
+
+    used: list[str] = []
+
+    class Spy(LogisticRegression):  # type: ignore[misc]
+        def fit(self, *args, **kwargs):
+            used.append(self.solver)
+            return super().fit(*args, **kwargs)
+
+    monkeypatch.setattr("triage.models.linear.LogisticRegression", Spy)
+    other = LinearEngine.fit(replace(SMALL, solver=solver), _data(), LABEL_SETS)
+    assert used == [solver] * len(LABEL_SETS)
+    for head in LABEL_SETS:
+        assert _predicted(other, head, TEXTS) == _predicted(engine, head, TEXTS)
+
+
 def test_sample_weights_change_the_fit():
     texts = ["好", "好的", "不好", "很好"]
     labels = ["yes", "yes", "no", "no"]
@@ -257,6 +297,17 @@ def test_save_load_round_trip_gives_identical_probabilities(engine, saved):
     assert loaded.config == engine.config
     assert loaded.name == "tiny-test"
     assert loaded.version == engine.version != "unsaved"
+
+
+def test_model_saved_before_solver_and_min_df_loads_with_how_it_was_trained(saved, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(saved, old)
+    config = json.loads((old / "config.json").read_text(encoding="utf-8"))
+    for key in ("solver", "min_df"):
+        del config["features"][key]
+    (old / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    loaded = LinearEngine.load(old)
+    assert (loaded.config.solver, loaded.config.min_df) == ("lbfgs", {})
 
 
 def test_saving_twice_gives_the_same_version(engine, saved, tmp_path):

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.conftest import read_jsonl
 from triage.errors import ConfigError
 from triage.models.linear import Featurizer, LinearConfig, LinearEngine
 from triage.polarity import PolarityLexicon, load_polarity_lexicon
+from triage.training.train import prepare_text
 
 SMALL = LinearConfig(char_features_log2=12, word_features_log2=12)
 
@@ -122,3 +124,9 @@ def test_training_with_reviews_adds_polarity_and_genre_heads(
     assert engine.heads["genre"].labels == ["message", "review"]
     genre = engine.predict_proba([REVIEWS[0][0], "我的快递到哪了，三天还没到"])["genre"]
     assert genre[0, 1] > 0.5 > genre[1, 1]
+    # The corpus's own review-channel messages are reviews to the genre head, the rest messages.
+    rows = read_jsonl(small_train_file)
+    for channel, review_expected in (("review", True), ("chat", False)):
+        texts = [prepare_text(str(r["text"])) for r in rows if r["channel"] == channel]
+        p_review = engine.predict_proba(texts)["genre"][:, 1]
+        assert np.mean((p_review > 0.5) == review_expected) > 0.9, channel

@@ -1,4 +1,4 @@
-"""Training of the default linear engine from a labeled corpus (seconds on a laptop CPU)."""
+"""Training of the default linear engine from a labeled corpus (minutes on a laptop CPU)."""
 
 from __future__ import annotations
 
@@ -153,6 +153,15 @@ def label_sets(taxonomy: Taxonomy) -> dict[str, list[str]]:
     }
 
 
+# The label of each corpus head, read from a labeled message.
+CORPUS_LABELS: dict[str, Callable[[CorpusRecord], str]] = {
+    "topic": lambda r: r.topic,
+    "sentiment": lambda r: r.sentiment,
+    "urgency": lambda r: r.urgency,
+    "complaint": lambda r: "yes" if r.is_complaint else "no",
+}
+
+
 def _head_data(
     records: Sequence[CorpusRecord],
     texts: Sequence[str],
@@ -161,13 +170,12 @@ def _head_data(
 ) -> dict[str, HeadData]:
     """Rows per head. The review sentences train only the polarity head (positive vs negative),
     so they never shift where the sentiment head draws the line to neutral, and the genre head,
-    which tells them from customer messages (the pipeline trusts each polar head in the genre
-    it learned from)."""
+    which tells reviews from customer messages (the pipeline trusts each polar head in the genre
+    it learned from). The corpus's own review-channel messages count as reviews there: the
+    polarity head learned them too, and labeling them messages taught the genre head that a
+    review written like ours is a message."""
     heads = {
-        "topic": HeadData(texts, [r.topic for r in records]),
-        "sentiment": HeadData(texts, [r.sentiment for r in records]),
-        "urgency": HeadData(texts, [r.urgency for r in records]),
-        "complaint": HeadData(texts, ["yes" if r.is_complaint else "no" for r in records]),
+        name: HeadData(texts, [label(r) for r in records]) for name, label in CORPUS_LABELS.items()
     }
     if reviews:
         polar = [
@@ -182,7 +190,9 @@ def _head_data(
         )
         message, review = GENRE_LABELS
         heads["genre"] = HeadData(
-            [*texts, *(t for t, _ in reviews)], [message] * len(texts) + [review] * len(reviews)
+            [*texts, *(t for t, _ in reviews)],
+            [review if r.channel == "review" else message for r in records]
+            + [review] * len(reviews),
         )
     return heads
 

@@ -24,7 +24,8 @@ HEADS = ("topic", "sentiment", "urgency", "complaint")
 # An optional head that separates positive from negative only; see ``_sentiment_probabilities``.
 POLARITY_LABELS = ("negative", "positive")
 # An optional head that tells customer messages from product reviews (the polarity head's extra
-# training rows); with it, the pipeline weighs the two polar heads by genre.
+# training rows and the corpus's review-channel messages); with it, the pipeline weighs the two
+# polar heads by genre.
 GENRE_LABELS = ("message", "review")
 
 
