@@ -262,8 +262,10 @@ class Featurizer:
         char_codes = np.frombuffer("".join(lowered).encode("utf-32-le"), dtype=np.uint32)
         char_owners = np.repeat(np.arange(len(texts)), [len(t) for t in lowered])
         word_lists = [segment(t, self.segmenter) for t in lowered]
-        word_codes = np.fromiter(
-            (self._token_code(w) for words in word_lists for w in words), dtype=np.uint64
+        known = self._token_codes  # a code is never 0: a miss falls through to _token_code
+        word_codes = np.array(
+            [known.get(w) or self._token_code(w) for words in word_lists for w in words],
+            dtype=np.uint64,
         )
         word_owners = np.repeat(np.arange(len(texts)), [len(words) for words in word_lists])
         char_rows, char_columns = _hashed_ngrams(

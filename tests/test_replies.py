@@ -94,6 +94,16 @@ def test_render_drops_segments_whose_slots_are_missing():
     )
 
 
+def test_render_keeps_a_brace_that_is_not_a_slot():
+    text = "{salutation}您好，{订单{order_id}延误了[[，预计{date}送达]]}。"
+    template = ReplyTemplate.model_validate(_template(text=text))
+    values = {"salutation": "李女士", "order_id": "A1"}
+    assert template.render(values) == "李女士您好，{订单A1延误了}。"
+    assert (
+        template.render({**values, "date": "明天"}) == "李女士您好，{订单A1延误了，预计明天送达}。"
+    )
+
+
 def test_render_refuses_to_leak_a_missing_required_slot():
     template = ReplyTemplate.model_validate(_template())
     with pytest.raises(InputError, match="order_id"):

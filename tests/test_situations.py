@@ -543,3 +543,19 @@ def test_a_missing_encoder_is_a_model_error(tmp_path):
 
     with pytest.raises(ModelError, match="expected a model directory"):
         EncoderIndex(tmp_path / "absent", BANK.templates)
+
+
+def test_a_batch_has_each_texts_similarities_exactly_and_a_text_its_own_examples_best():
+    index = ExampleIndex(BANK.templates)
+    examples = [t.examples[0] for t in BANK.templates[:5]]
+    texts = [*examples, "", "  ", "Ａ", "快递三天了还没到，订单号 A123456", "<PHONE> 退款退款"]
+    batch = index.situation_scores(texts)
+    alone = np.stack([index.situation_scores([text])[0] for text in texts])
+    assert batch.shape == (len(texts), len(BANK.situations()))
+    assert np.array_equal(batch, alone)  # to the last bit, whatever else is in the batch
+    assert np.array_equal(index.situation_scores(texts[::-1]), alone[::-1])
+    assert not batch[5:8].any()  # nothing to compare: no character pair, or none known
+    for row, template in zip(batch[:5], BANK.templates[:5], strict=True):
+        position = BANK.situations().index((template.topic, template.situation))
+        assert row[position] == pytest.approx(1.0)
+    assert index.situation_scores([]).shape == (0, len(BANK.situations()))

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import get_args
+from typing import cast, get_args
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,7 +42,7 @@ from triage.replies import (
     situation_label,
 )
 from triage.schemas import ReplyDraft, TriageResult
-from triage.similarity import char_bigrams
+from triage.similarity import PAIR_BITS, bigram_code, bigram_codes, char_bigrams
 
 _PATTERNS: dict[str, re.Pattern[str]] = {
     "order_id": re.compile(
@@ -54,9 +54,14 @@ _PATTERNS: dict[str, re.Pattern[str]] = {
     "amount": re.compile(r"((?:¥\s*)?\d[\d,]*(?:\.\d{1,2})?\s*(?:元|块钱|块)|\d+(?:\.\d+)?万元?)"),
     "date": re.compile(r"(\d{4}[-/年]\d{1,2}[-/月]\d{1,2}日?|\d{1,2}月\d{1,2}[日号])"),
 }
+_DIGIT = re.compile(r"\d")
+_PATTERNS_WITHOUT_DIGITS = {k: v for k, v in _PATTERNS.items() if k not in ("amount", "date")}
 # A one-character surname with a title, standing at the start of a clause ("王女士", "我是李经理").
+_TITLES = ("先生", "女士", "小姐", "经理", "总")
 _NAME = re.compile(
-    r"(?:^|(?<=[\n,.!?;:\s。，！？；：、])|(?<=我是)|(?<=我姓))([\u4e00-\u9fa5])(先生|女士|小姐|经理|总)(?![\u4e00-\u9fa5])"
+    r"(?:^|(?<=[\n,.!?;:\s。，！？；：、])|(?<=我是)|(?<=我姓))([\u4e00-\u9fa5])"
+    f"({'|'.join(_TITLES)})"
+    r"(?![\u4e00-\u9fa5])"
 )
 SITUATION_HEAD = "situation"
 MAX_KEYWORD_HITS = 3
@@ -76,8 +81,11 @@ _NONE = np.zeros(0, np.int64)
 
 def extract_slots(text: str, products: ProductLexicon | None = None) -> dict[str, str]:
     """Slot values found in a (masked, normalised) message."""
-    found = {name: m.group(1).strip() for name, p in _PATTERNS.items() if (m := p.search(text))}
-    name = _NAME.search(text)
+    # The amount and date patterns need a digit, which about half of all messages lack.
+    patterns = _PATTERNS if _DIGIT.search(text) else _PATTERNS_WITHOUT_DIGITS
+    found = {name: m.group(1).strip() for name, p in patterns.items() if (m := p.search(text))}
+    # The search tries every position; a text without any title cannot match.
+    name = _NAME.search(text) if any(title in text for title in _TITLES) else None
     if name:
         surname, title = name.group(1), name.group(2)
         found["salutation"] = surname + ("女士" if title == "小姐" else title)
@@ -113,8 +121,9 @@ class SimilarityIndex(ABC):
     floor: float  # the lowest score a situation can have
 
     @abstractmethod
-    def example_scores(self, text: str) -> Scores:
-        """The message's similarity with every example, in the order of ``owners``."""
+    def example_scores(self, texts: Sequence[str]) -> Scores:
+        """Each message's similarity with every example: one row per text, columns in the
+        order of ``owners``; a row does not depend on the other texts."""
 
     @cached_property
     def _grouping(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -122,21 +131,22 @@ class SimilarityIndex(ABC):
         order = np.argsort(self.owners, kind="stable")
         return order, np.searchsorted(self.owners[order], np.arange(len(self.keys)))
 
-    def situation_scores(self, text: str) -> Scores:
-        """Each situation's closest example, in the order of ``keys`` (the bank's sorted
-        situations)."""
+    def situation_scores(self, texts: Sequence[str]) -> Scores:
+        """Each situation's closest example, one row per text, columns in the order of
+        ``keys`` (the bank's sorted situations)."""
         order, starts = self._grouping
-        closest = np.maximum.reduceat(self.example_scores(text)[order], starts)
+        closest = np.maximum.reduceat(self.example_scores(texts)[:, order], starts, axis=1)
         return np.maximum(closest, self.floor)
 
     def similarities(self, text: str) -> dict[tuple[str, str], float]:
-        """The same by (topic, situation)."""
-        return dict(zip(self.keys, self.situation_scores(text).tolist(), strict=True))
+        """One text's situation scores by (topic, situation)."""
+        return dict(zip(self.keys, self.situation_scores([text])[0].tolist(), strict=True))
 
 
 class ExampleIndex(SimilarityIndex):
     """IDF-weighted character-bigram vectors of every example and description in the bank, one
-    unit row each: a message is compared with every example in one sparse product."""
+    unit row each: the messages of a batch are compared with every example in one pass over
+    the columns of their character pairs."""
 
     floor = 0.0
 
@@ -159,23 +169,53 @@ class ExampleIndex(SimilarityIndex):
                 columns.append(column)
                 values.append(weight / norm)
         self.matrix = sp.csr_matrix((values, (rows, columns)), shape=(len(texts), len(frequency)))
+        # Messages' pairs are looked up among the vocabulary's sorted codes, and only the
+        # matrix columns of those pairs are read (a message has a few dozen pairs of the
+        # vocabulary's thousands).
+        codes = np.array([bigram_code(gram) for gram in self.vocabulary], np.uint64)
+        self._code_order = np.argsort(codes)
+        self._sorted_codes = codes[self._code_order]
+        self._by_column = self.matrix.tocsc()
 
-    def example_scores(self, text: str) -> Scores:
-        """Cosine of the message with each example."""
-        vector = np.zeros(len(self.vocabulary))
-        known = [
-            (column, count)
-            for gram, count in char_bigrams(text).items()
-            if (column := self.vocabulary.get(gram)) is not None
-        ]
-        if known:
-            columns, counts = zip(*known, strict=True)
-            vector[list(columns)] = np.array(counts) * self.idf[list(columns)]
-        norm = float(np.linalg.norm(vector))
-        if not norm:
-            return np.zeros(len(self.owners))
-        scores: Scores = self.matrix @ (vector / norm)
-        return scores
+    def example_scores(self, texts: Sequence[str]) -> Scores:
+        """Cosine of each message with each example.
+
+        A row holds the same sums as ``matrix @ (vector / norm)`` for its text alone, to the
+        last bit: each example's products are added in the order of its columns, and the
+        terms of the columns the message lacks (exact zeros) are left out. A batch costs
+        about as many array operations as one message.
+        """
+        if not texts:
+            return np.zeros((0, len(self.owners)))
+        pairs = [bigram_codes(text) for text in texts]
+        text_of = np.repeat(np.arange(len(texts), dtype=np.uint64), [len(p) for p in pairs])
+        keys = (text_of << PAIR_BITS) | np.concatenate(pairs)
+        keys, counts = np.unique(keys, return_counts=True)  # by text, then by pair
+        text_of = (keys >> PAIR_BITS).astype(np.int64)
+        codes = keys & np.uint64((1 << int(PAIR_BITS)) - 1)
+        where = np.searchsorted(self._sorted_codes, codes)
+        known = where < len(self._sorted_codes)
+        known[known] = self._sorted_codes[where[known]] == codes[known]
+        columns, text_of = self._code_order[where[known]], text_of[known]
+        vectors = np.zeros((len(texts), len(self.vocabulary)))
+        vectors[text_of, columns] = counts[known] * self.idf[columns]
+        # Row by row, as for one text: a norm over the whole row adds in the same order.
+        norms = np.array([np.linalg.norm(vector) for vector in vectors])
+        # Terms by text, then by column: the order in which each example's sum is taken.
+        order = np.lexsort((columns, text_of))
+        columns, text_of = columns[order], text_of[order]
+        values = vectors[text_of, columns] / norms[text_of]
+        by_column = self._by_column
+        starts = by_column.indptr[columns]
+        lengths = by_column.indptr[columns + 1] - starts
+        entries = np.arange(lengths.sum()) + np.repeat(
+            starts - (np.cumsum(lengths) - lengths), lengths
+        )
+        n_examples = by_column.shape[0]
+        cells = np.repeat(text_of * n_examples, lengths) + by_column.indices[entries]
+        products = by_column.data[entries] * np.repeat(values, lengths)
+        sums = np.bincount(cells, weights=products, minlength=len(texts) * n_examples)
+        return cast(Scores, sums).reshape(len(texts), n_examples)
 
 
 class EncoderIndex(SimilarityIndex):
@@ -209,9 +249,13 @@ class EncoderIndex(SimilarityIndex):
         vectors = self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
         return np.asarray(vectors, np.float32)
 
-    def example_scores(self, text: str) -> Scores:
-        """Cosine of the message's embedding with each example's."""
-        scores: Scores = (self.examples @ self._embed([text])[0]).astype(np.float64)
+    def example_scores(self, texts: Sequence[str]) -> Scores:
+        """Cosine of each message's embedding with each example's. Messages are embedded one
+        at a time: padded into one batch, a message's embedding may move in the last bits."""
+        if not texts:
+            return np.zeros((0, len(self.owners)))
+        rows = [self.examples @ self._embed([text])[0] for text in texts]
+        scores: Scores = np.stack(rows).astype(np.float64)
         return scores
 
 
@@ -382,6 +426,11 @@ class ReplySuggester:
             )
         return index
 
+    def similarity(self, texts: Sequence[str]) -> Scores:
+        """How close each (masked) message is to each situation of the bank, one row per text:
+        computed for a whole batch at once, a row is what the message alone gives."""
+        return self._index.situation_scores(texts)
+
     def situation_columns(
         self, labels: Sequence[str], model: str = "model"
     ) -> NDArray[np.int64] | None:
@@ -448,10 +497,9 @@ class ReplySuggester:
     def _found(self, text: str) -> frozenset[str]:
         return self.keywords.found(text) if self.keywords is not None else frozenset()
 
-    def _by_topic(self, result: TriageResult) -> _Candidates:
+    def _by_topic(self, result: TriageResult, similarity: Scores) -> _Candidates:
         """Without a situation head: the situations of the message's topic, then of its
         secondary topics, by closeness to their examples and their keywords."""
-        similarity = self._index.situation_scores(result.masked_text)
         found = self._found(result.masked_text)
         topics = [result.topic, *result.secondary_topics]
         groups = [self._topic_positions.get(topic, _NONE) for topic in topics]
@@ -462,11 +510,10 @@ class ReplySuggester:
         return _Candidates(positions, scores, similarity, found, secondary_rank=rank)
 
     def _by_classifier(
-        self, result: TriageResult, classifier_p: Scores, prior: Scores | None
+        self, result: TriageResult, classifier_p: Scores, prior: Scores | None, similarity: Scores
     ) -> _Candidates:
         """With a situation head: every situation of the bank, by :class:`SelectionWeights`
         (with the complaint prior for complaints)."""
-        similarity = self._index.situation_scores(result.masked_text)
         found = self._found(result.masked_text)
         topic_scores = result.topic_scores
         topic_p = np.array([topic_scores.get(t, 0.0) for t in self._topics])[self._situation_topic]
@@ -581,13 +628,16 @@ class ReplySuggester:
         top: int = 3,
         situation_probs: Mapping[tuple[str, str], float] | Scores | None = None,
         complaint_prior: Scores | None = None,
+        similarity: Scores | None = None,
     ) -> list[ReplyDraft]:
         """Up to ``top`` drafts, best first; every draft passes the tone check.
 
         ``values`` are slot values from the request (e.g. ``product``); ``situation_probs`` the
         model's situation head for this message, by the bank's (topic, situation) or as an
         array in the order of :meth:`TemplateBank.situations`; ``complaint_prior`` the model's
-        :meth:`complaint_prior`, used with the head when the message is a complaint.
+        :meth:`complaint_prior`, used with the head when the message is a complaint;
+        ``similarity`` the message's row of :meth:`similarity` when it was computed for a
+        batch.
 
         A template scores as its situation, moved by how its tone suits the message and
         lowered for each required slot that cannot be filled; ties keep the order of
@@ -595,10 +645,12 @@ class ReplySuggester:
         """
         slots = self.slots(result, values)
         classifier_p = self._classifier_scores(situation_probs)
+        if similarity is None:
+            similarity = self.similarity([result.masked_text])[0]
         candidates = (
-            self._by_classifier(result, classifier_p, complaint_prior)
+            self._by_classifier(result, classifier_p, complaint_prior, similarity)
             if classifier_p is not None
-            else self._by_topic(result)
+            else self._by_topic(result, similarity)
         )
         owner, template = self._rows(candidates, result.channel)
         fits = self._tone_fits(result)
@@ -635,7 +687,7 @@ class ReplySuggester:
                 if part
             )
             drafts.append(
-                ReplyDraft(
+                ReplyDraft.model_construct(  # from checked values: validation only costs time
                     template_id=chosen.id,
                     text=text,
                     score=round(float(scores[j]), 3),

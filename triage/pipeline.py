@@ -244,7 +244,8 @@ class TriagePipeline:
             reasons.append(f"complaint score {complaint_score:.2f} is close to {t.complaint:.2f}")
 
         def scores(labels: list[str], row: FloatArray) -> dict[str, float]:
-            return {label: round(float(p), 4) for label, p in zip(labels, row, strict=True)}
+            # ``tolist`` gives the floats ``float(p)`` would, without a NumPy scalar for each.
+            return {label: round(p, 4) for label, p in zip(labels, row.tolist(), strict=True)}
 
         # Built from values this method computed itself; validation would only cost time.
         return TriageResult.model_construct(
@@ -328,12 +329,14 @@ class TriagePipeline:
         ]
         if replies and self.suggester is not None:
             situations = self._situation_probs(probs)
+            similarity = self.suggester.similarity([p.masked_text for p in prepared])
             for i, (p, result) in enumerate(zip(prepared, results, strict=True)):
                 result.replies = self.suggester.suggest(
                     result,
                     {"product": p.product},
                     situation_probs=None if situations is None else situations[i],
                     complaint_prior=self._complaint_prior,
+                    similarity=similarity[i],
                 )
         return results
 

@@ -172,9 +172,42 @@ class ReplyTemplate(_Strict):
             raise ValueError(f"required slots used only inside [[ ]]: {required_inside}")
         return self
 
+    @cached_property
+    def _pieces(
+        self,
+    ) -> tuple[tuple[str, ...], tuple[tuple[tuple[str, ...] | None, tuple[str, ...]], ...]] | None:
+        """The text split once (a draft is rendered per message): the slots outside optional
+        segments, sorted, and each run of text as (the slots its segment needs, or None
+        outside segments; literal text and slot names, alternating). None when a brace stands
+        outside a slot: dropping a segment could then join two braces into a new slot, and
+        :meth:`render` keeps to the patterns."""
+        if re.search("[{}]", _SLOT.sub("", self.text)):
+            return None
+        runs = []
+        for index, part in enumerate(_SEGMENT.split(self.text)):  # outside, segment, ...
+            tokens = tuple(_SLOT.split(part))  # literal, slot name, literal, ...
+            runs.append((tokens[1::2] if index % 2 else None, tokens))
+        outside = sorted({name for needs, tokens in runs if needs is None for name in tokens[1::2]})
+        return tuple(outside), tuple(runs)
+
     def render(self, values: Mapping[str, str]) -> str:
         """The draft: optional segments whose slots are missing are dropped; a missing
         required or context slot raises :class:`InputError`, so no placeholder ever leaks."""
+        if self._pieces is None:
+            return self._render_by_pattern(values)
+        outside, runs = self._pieces
+        missing = [name for name in outside if not values.get(name)]
+        if missing:
+            raise InputError(f"template {self.id}: missing slots {missing}")
+        parts = []
+        for needs, tokens in runs:
+            if needs is not None and not all(values.get(name) for name in needs):
+                continue
+            parts += [values[token] if i % 2 else token for i, token in enumerate(tokens)]
+        return "".join(parts).strip()
+
+    def _render_by_pattern(self, values: Mapping[str, str]) -> str:
+        """:meth:`render` by substitution, for a text with braces outside its slots."""
 
         def keep(match: re.Match[str]) -> str:
             segment = match.group(1)
@@ -337,7 +370,10 @@ class ProductLexicon(_Strict):
         return words
 
     @cached_property
-    def _patterns(self) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    def _patterns(self) -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+        """Any noun; a cue, then a noun; a noun, then a cue. Both product patterns need a noun,
+        and most messages have none: the first, a plain search, rules them out quickly."""
+
         def either(words: list[str]) -> str:
             return "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
 
@@ -345,6 +381,7 @@ class ProductLexicon(_Strict):
         nouns = f"(?P<noun>{either(self.nouns)}){outside}"
         modifier = f"(?P<modifier>[\\u4e00-\\u9fa5A-Za-z0-9]{{0,{self.modifier_max_chars}}}?)"
         return (
+            re.compile(either(self.nouns), re.IGNORECASE),
             re.compile(f"(?:{either(self.before)}){modifier}{nouns}", re.IGNORECASE),
             re.compile(f"(?P<model>[A-Za-z0-9-]*){nouns}(?:{either(self.after)})", re.IGNORECASE),
         )
@@ -355,7 +392,9 @@ class ProductLexicon(_Strict):
         A brand or model between the cue and the noun is kept ("买的格林立式空调") unless it holds
         a function word ("买的那个空调" gives 空调), so the name reads naturally in a draft.
         """
-        cue_then_noun, noun_then_cue = self._patterns
+        any_noun, cue_then_noun, noun_then_cue = self._patterns
+        if not any_noun.search(text):
+            return None
         found = [(m.start(), m["modifier"] + m["noun"]) for m in cue_then_noun.finditer(text)]
         found += [(m.start(), m["model"] + m["noun"]) for m in noun_then_cue.finditer(text)]
         if not found:
