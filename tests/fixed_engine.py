@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from triage.models.linear import CONFIG_FILE, FloatArray, HeadSpec
+from triage.pipeline import HEADS
 from triage.taxonomy import load_taxonomy
-from triage.training.train import prepare_text
+from triage.training.train import label_sets, prepare_text
 
 
 class FixedEngine:
@@ -92,12 +93,7 @@ def save_fixed_model(
     """A fixed-engine model over the packaged taxonomy: for each text, each head's predicted
     label and its probability (for complaint: the probability of "yes")."""
     taxonomy = load_taxonomy()
-    labels = {
-        "topic": taxonomy.topic_ids,
-        "sentiment": taxonomy.sentiments,
-        "urgency": taxonomy.urgency_ids,
-        "complaint": ["no", "yes"],
-    }
+    labels = {head: label_sets(taxonomy)[head] for head in HEADS}
     table = {}
     for text, heads in predictions.items():
         row = {h: peaked(labels[h], *heads[h]) for h in ("topic", "sentiment", "urgency")}

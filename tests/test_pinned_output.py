@@ -30,7 +30,7 @@ from triage.config import Settings
 from triage.models.linear import Featurizer, HeadSpec, LinearConfig, LinearEngine
 from triage.replies import load_template_bank, situation_label
 from triage.taxonomy import load_taxonomy
-from triage.training.train import prepare_text
+from triage.training.train import label_sets, prepare_text
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "api_responses.json"
 
@@ -78,14 +78,7 @@ REQUESTS: list[tuple[str, str, Any]] = [
 def random_linear_model(directory: Path, *, situation_head: bool) -> Path:
     """A linear model over the packaged labels with seeded random weights, saved."""
     taxonomy = load_taxonomy()
-    labels = {
-        "topic": taxonomy.topic_ids,
-        "sentiment": taxonomy.sentiments,
-        "urgency": taxonomy.urgency_ids,
-        "complaint": ["no", "yes"],
-        "polarity": ["negative", "positive"],
-        "genre": ["message", "review"],
-    }
+    labels = label_sets(taxonomy)
     if situation_head:
         bank = load_template_bank(taxonomy)
         labels["situation"] = [situation_label(*key) for key in bank.situations()]
