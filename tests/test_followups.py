@@ -40,6 +40,7 @@ CASES = [
     ("谢谢,但是问题还没解决", NEUTRAL, "update", "persists: '没解决'"),
     ("并未恢复正常", NEUTRAL, "update", "persists: '恢复正常'"),
     ("我还没收到退款", NEUTRAL, "update", "persists: '没收到'"),
+    ("还是没收到,你们怎么回事", ANGRY, "update", "persists: '没收到'"),
     ("订单号是123456,麻烦再查一下", NEUTRAL, "update", "more about the same problem"),
     ("谢谢你们的敷衍,太差劲了", ANGRY, "new_complaint", "complaint (0.90) with negative"),
     ("解决了,但是态度太差我要投诉", ANGRY, "new_complaint", "complaint"),

@@ -57,12 +57,21 @@ class FollowupDecision:
 def classify_followup(
     result: TriageResult, lexicon: FollowupLexicon, top_urgency: str
 ) -> FollowupDecision:
-    """Severe cues and negative complaints come first: "thanks, but I will sue" is a complaint.
-    A negated closing phrase ("还没解决") means the problem persists."""
+    """Severe cues come first: "thanks, but I will sue" is a new complaint. Then a problem that
+    persists (a negated closing phrase such as "还没解决", or "没收到") reopens the ticket to
+    its handler, even though such a message reads as a negative complaint; any other negative
+    complaint is a new one."""
     severe = [cue for cue in result.cues if cue.floor == top_urgency]
     if severe:
         cues = ", ".join(f"{cue.kind} {cue.text!r}" for cue in severe)
         return FollowupDecision("new_complaint", (f"{top_urgency} cue: {cues}",))
+    text = result.masked_text
+    resolved, negated = lexicon.find(lexicon.resolved, text)
+    unresolved = negated + lexicon.find(lexicon.unresolved, text)[0]
+    if unresolved:
+        return FollowupDecision(
+            "update", (f"says the problem persists: {', '.join(map(repr, unresolved))}",)
+        )
     if result.is_complaint and result.sentiment == "negative":
         return FollowupDecision(
             "new_complaint",
@@ -70,13 +79,6 @@ def classify_followup(
                 f"complaint ({result.complaint_score:.2f}) with negative sentiment "
                 f"({result.sentiment_score:+.2f})",
             ),
-        )
-    text = result.masked_text
-    resolved, negated = lexicon.find(lexicon.resolved, text)
-    unresolved = negated + lexicon.find(lexicon.unresolved, text)[0]
-    if unresolved:
-        return FollowupDecision(
-            "update", (f"says the problem persists: {', '.join(map(repr, unresolved))}",)
         )
     thanks, _ = lexicon.find(lexicon.thanks, text)
     calm = f"not a complaint ({result.complaint_score:.2f})" if not result.is_complaint else ""
