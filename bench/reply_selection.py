@@ -152,7 +152,7 @@ def main() -> None:
         "--labels",
         type=Path,
         default=LABELS,
-        help="judging list (JSON lines of id, topic, situation, acceptable; default: the shipped one)",
+        help="judging list: JSON lines of id, topic, situation, acceptable (default: shipped)",
     )
     args = parser.parse_args()
     with model_dir_or_default(args.model_dir) as model_dir:
