@@ -98,6 +98,9 @@ def test_default_config_is_valid_and_has_no_non_defaults():
         ({"naive_bayes_c": {"polarity": 0.0}}, "naive_bayes_c", "0.0"),
         ({"naive_bayes_c": 32.0}, "naive_bayes_c", "32.0"),
         ({"naive_bayes_c": {"polarity": True}}, "naive_bayes_c", "True"),
+        ({"naive_bayes_share": 0.0}, "naive_bayes_share", "0.0"),
+        ({"naive_bayes_share": 1.5}, "naive_bayes_share", "1.5"),
+        ({"naive_bayes_share": "0.3"}, "naive_bayes_share", "'0.3'"),
     ],
 )
 def test_config_rejects_bad_values_quoting_them(kwargs, field, shown):
@@ -247,10 +250,11 @@ def _complaint_scores(fitted: LinearEngine, texts: list[str]) -> np.ndarray:
     return np.log(p / (1.0 - p))
 
 
-def test_naive_bayes_view_scores_a_two_label_head_with_the_mean_of_both_fits():
+@pytest.mark.parametrize("share", [0.3, 1.0])
+def test_naive_bayes_view_scores_a_two_label_head_with_a_weighted_mean_of_both_fits(share):
     from sklearn.linear_model import LogisticRegression
 
-    config = replace(SMALL, naive_bayes_c={"complaint": 8.0})
+    config = replace(SMALL, naive_bayes_c={"complaint": 8.0}, naive_bayes_share=share)
     fitted = LinearEngine.fit(config, _data(), LABEL_SETS)
     plain = LinearEngine.fit(replace(SMALL, naive_bayes_c={}), _data(), LABEL_SETS)
     # The naive-Bayes fit by hand: every column scaled by log(P(column | yes) / P(column | no)),
@@ -267,7 +271,7 @@ def test_naive_bayes_view_scores_a_two_label_head_with_the_mean_of_both_fits():
     texts = [*TEXTS, "快递丢了", "谢谢帮助"]
     unseen = plain.featurizer.transform(texts)[:, used]
     by_hand = unseen.multiply(ratios).tocsr() @ scaled.coef_.ravel() + scaled.intercept_[0]
-    expected = (_complaint_scores(plain, texts) + by_hand) / 2
+    expected = (1 - share) * _complaint_scores(plain, texts) + share * by_hand
     np.testing.assert_allclose(_complaint_scores(fitted, texts), expected, atol=1e-3)
     assert _predicted(fitted, "complaint", TEXTS) == COMPLAINTS
 
