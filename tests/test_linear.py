@@ -95,6 +95,12 @@ def test_default_config_is_valid_and_has_no_non_defaults():
         ({"min_df": 0.001}, "min_df", "0.001"),
         ({"min_df": {"topic": "0.1"}}, "min_df", "'0.1'"),
         ({"regularization_c": {"topic": "8"}}, "regularization_c", "'8'"),
+        ({"naive_bayes_c": {"polarity": 0.0}}, "naive_bayes_c", "0.0"),
+        ({"naive_bayes_c": 32.0}, "naive_bayes_c", "32.0"),
+        ({"naive_bayes_c": {"polarity": True}}, "naive_bayes_c", "True"),
+        ({"naive_bayes_share": 0.0}, "naive_bayes_share", "0.0"),
+        ({"naive_bayes_share": 1.5}, "naive_bayes_share", "1.5"),
+        ({"naive_bayes_share": "0.3"}, "naive_bayes_share", "'0.3'"),
     ],
 )
 def test_config_rejects_bad_values_quoting_them(kwargs, field, shown):
@@ -238,6 +244,55 @@ def test_sample_weights_change_the_fit():
     assert p_weighted > p_plain
 
 
+def _complaint_scores(fitted: LinearEngine, texts: list[str]) -> np.ndarray:
+    """The complaint head's logit, from its P(yes)."""
+    p = fitted.predict_proba(texts)["complaint"][:, 1].astype(np.float64)
+    return np.log(p / (1.0 - p))
+
+
+@pytest.mark.parametrize("share", [0.3, 1.0])
+def test_naive_bayes_view_scores_a_two_label_head_with_a_weighted_mean_of_both_fits(share):
+    from sklearn.linear_model import LogisticRegression
+
+    config = replace(SMALL, naive_bayes_c={"complaint": 8.0}, naive_bayes_share=share)
+    fitted = LinearEngine.fit(config, _data(), LABEL_SETS)
+    plain = LinearEngine.fit(replace(SMALL, naive_bayes_c={}), _data(), LABEL_SETS)
+    # The naive-Bayes fit by hand: every column scaled by log(P(column | yes) / P(column | no)),
+    # from document counts with add-one smoothing.
+    features = plain.featurizer.transform(TEXTS)
+    used = np.unique(features.indices)
+    y = np.array([c == "yes" for c in COMPLAINTS], dtype=np.int64)
+    present = (features[:, used] > 0).astype(np.float64)
+    yes = 1.0 + np.asarray(present[y == 1].sum(axis=0)).ravel()
+    no = 1.0 + np.asarray(present[y == 0].sum(axis=0)).ravel()
+    ratios = np.log((yes / yes.sum()) / (no / no.sum()))
+    scaled = LogisticRegression(C=8.0, class_weight="balanced", max_iter=3000, solver="newton-cg")
+    scaled.fit(features[:, used].multiply(ratios).tocsr(), y)
+    texts = [*TEXTS, "快递丢了", "谢谢帮助"]
+    unseen = plain.featurizer.transform(texts)[:, used]
+    by_hand = unseen.multiply(ratios).tocsr() @ scaled.coef_.ravel() + scaled.intercept_[0]
+    expected = (1 - share) * _complaint_scores(plain, texts) + share * by_hand
+    np.testing.assert_allclose(_complaint_scores(fitted, texts), expected, atol=1e-3)
+    assert _predicted(fitted, "complaint", TEXTS) == COMPLAINTS
+
+
+def test_naive_bayes_view_leaves_heads_with_more_labels_as_they_were(engine):
+    config = replace(SMALL, naive_bayes_c={"sentiment": 8.0, "topic": 8.0})
+    fitted = LinearEngine.fit(config, _data(), LABEL_SETS)
+    np.testing.assert_array_equal(fitted.weights, engine.weights)
+
+
+def test_naive_bayes_view_survives_save_and_load(tmp_path):
+    config = replace(SMALL, naive_bayes_c={"complaint": 8.0})
+    fitted = LinearEngine.fit(config, _data(), LABEL_SETS)
+    loaded = LinearEngine.load(fitted.save(tmp_path / "nb"))
+    assert loaded.config.naive_bayes_c == {"complaint": 8.0}
+    texts = [*TEXTS, "没见过的句子"]
+    np.testing.assert_array_equal(
+        loaded.predict_proba(texts)["complaint"], fitted.predict_proba(texts)["complaint"]
+    )
+
+
 def test_fit_rejects_labels_outside_the_label_set():
     data = {"topic": HeadData(TEXTS, ["logistics"] * 7 + ["weather"])}
     with pytest.raises(ConfigError, match="weather"):
@@ -303,11 +358,12 @@ def test_model_saved_before_solver_and_min_df_loads_with_how_it_was_trained(save
     old = tmp_path / "old"
     shutil.copytree(saved, old)
     config = json.loads((old / "config.json").read_text(encoding="utf-8"))
-    for key in ("solver", "min_df"):
+    for key in ("solver", "min_df", "naive_bayes_c"):
         del config["features"][key]
     (old / "config.json").write_text(json.dumps(config), encoding="utf-8")
     loaded = LinearEngine.load(old)
     assert (loaded.config.solver, loaded.config.min_df) == ("lbfgs", {})
+    assert loaded.config.naive_bayes_c == {}
 
 
 def test_saving_twice_gives_the_same_version(engine, saved, tmp_path):
