@@ -51,7 +51,10 @@ class WithoutSituationHead:
 
 
 def measure(
-    model_dir: Path, encoder: Path | None = None, situation_head: bool = True
+    model_dir: Path,
+    encoder: Path | None = None,
+    situation_head: bool = True,
+    labels_path: Path = LABELS,
 ) -> dict[str, Any]:
     settings = Settings(model_dir=model_dir, train_if_missing=False, reply_encoder=encoder)
     pipeline = load_pipeline(settings)
@@ -65,7 +68,7 @@ def measure(
     assert pipeline.suggester is not None
     rules, templates = load_tone_rules(), {t.id: t for t in pipeline.suggester.bank.templates}
     dev = {r.id: r for r in load_corpus(seed_corpus_path("dev"), load_taxonomy())}
-    labels = [json.loads(line) for line in LABELS.read_text(encoding="utf-8").splitlines()]
+    labels = [json.loads(line) for line in labels_path.read_text(encoding="utf-8").splitlines()]
     results = pipeline(
         [Message(id=x["id"], text=dev[x["id"]].text, channel=dev[x["id"]].channel) for x in labels],
         replies=True,
@@ -145,9 +148,18 @@ def main() -> None:
         action="store_true",
         help="rank as for models without a situation head (similarity and keywords only)",
     )
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        default=LABELS,
+        help="judging list: JSON lines of id, topic, situation, acceptable (default: shipped)",
+    )
     args = parser.parse_args()
     with model_dir_or_default(args.model_dir) as model_dir:
-        measured = measure(model_dir, args.reply_encoder, not args.without_situation_head)
+        measured = measure(
+            model_dir, args.reply_encoder, not args.without_situation_head, args.labels
+        )
+    measured["labels"] = str(args.labels)
     measured["reply_encoder"] = str(args.reply_encoder) if args.reply_encoder else None
     measured["situation_head_used"] = not args.without_situation_head
     print(markdown_table(["measure", "value"], list(measured.items())))
