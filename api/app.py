@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -40,13 +41,34 @@ lists each problem with its location (`loc`), e.g. `["body", "items", 2, "text"]
 """
 
 
+class LogFormatter(logging.Formatter):
+    """``logging.Formatter`` with the default time format, the date and time part of which is
+    formatted once per second: converting and formatting the time took about a quarter of
+    writing each request's log line. The lines are the same."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._second: int | None = None
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)  # what ``time.localtime`` reads of it
+        if second != self._second:
+            self._stamp = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = second
+        msec_format = self.default_msec_format
+        return msec_format % (self._stamp, record.msecs) if msec_format else self._stamp
+
+
 def _configure_logging(level: str) -> None:
     """Make ``triage`` logs visible under plain uvicorn, which only sets up its own loggers."""
     triage_logger = logging.getLogger("triage")
     triage_logger.setLevel(level.upper())
     if not triage_logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         triage_logger.addHandler(handler)
 
 

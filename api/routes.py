@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
+from pydantic import TypeAdapter
 
 from triage.api.deps import (
     PipelineDep,
@@ -37,6 +38,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 router = APIRouter()
+# Serialises a result straight to JSON bytes: the same bytes as ``model_dump_json``, without
+# that method's argument handling and the str-to-bytes copy (a few µs of every request).
+RESULT_JSON = TypeAdapter(TriageResult)
 
 
 def tone_rules(pipeline: TriagePipeline) -> ToneRules:
@@ -51,7 +55,7 @@ async def triage(message: Message, triage_one: SingleTriageDep) -> Response:
     # cheaper than a thread hand-off (concurrent requests share one model call), and the
     # result is serialised once, without re-validation.
     result = await triage_one(message)
-    return Response(result.model_dump_json(), media_type="application/json")
+    return Response(RESULT_JSON.dump_json(result), media_type="application/json")
 
 
 @router.post("/v1/triage/batch", tags=["triage"], responses=_ERRORS)

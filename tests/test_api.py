@@ -337,3 +337,16 @@ def test_dependency_override_injects_a_pipeline(
         result = client.post("/v1/triage", json={"text": REGULATOR_TEXT}).json()
     assert result["urgency"] == "P1"
     assert result["model"] == small_pipeline.model_info.model_dump()
+
+
+def test_log_formatter_writes_the_lines_of_the_standard_formatter() -> None:
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    cached, standard = app_module.LogFormatter(fmt), logging.Formatter(fmt)
+    start = 1_763_860_000.0
+    # Within one second, across seconds, back in time and with an explicit date format.
+    for offset in (0.0, 0.25, 0.999, 1.0, 1.5, 61.004, -3600.2, 0.5, 86_400.75):
+        record = logging.LogRecord("triage.api", logging.INFO, __file__, 1, "%s", ("GET",), None)
+        record.created = start + offset
+        record.msecs = int((record.created - int(record.created)) * 1000) + 0.0
+        assert cached.format(record) == standard.format(record)
+        assert cached.formatTime(record, "%H:%M") == standard.formatTime(record, "%H:%M")

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import random
+import unicodedata
+
 import pytest
 
+from triage.replies import load_template_bank
 from triage.resources import packaged_data_path
-from triage.text import Segmenter, normalize, segment, strip_html
+from triage.taxonomy import load_taxonomy
+from triage.text import Segmenter, _nfkc_by_character, nfkc, normalize, segment, strip_html
+from triage.training.corpus import seed_corpus_path
 
 
 def _userdict_words() -> list[str]:
@@ -28,6 +35,41 @@ def _userdict_words() -> list[str]:
 )
 def test_normalize_folds_full_width_to_half_width(raw, expected):
     assert normalize(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "你好，请问（急）！ＡＢＣ　１２３…",
+        "cafe\u0301 e\u0301",  # a letter with a combining mark: composed
+        "e\u00adu\u0301",  # a soft hyphen between them
+        "\u1100\u1161\u11a8 \uac00\u11a8 한국어",  # Hangul jamo compose into syllables
+        "か\u3099 ｶﾞ ㈱ ﬁ ① ½ ㍻ ℃ Ω Å",  # voiced marks, compatibility forms, singletons
+        "\U0001d15e\U00020000 \U0002f800",  # beyond the first plane
+        "",
+    ],
+)
+def test_nfkc_equals_unicodedata_on_edge_cases(text):
+    assert nfkc(text) == unicodedata.normalize("NFKC", text)
+
+
+def test_nfkc_equals_unicodedata_on_seed_messages_templates_and_random_strings():
+    texts = [
+        json.loads(line)["text"]
+        for split in ("train", "dev")
+        for line in seed_corpus_path(split).read_text(encoding="utf-8").splitlines()
+    ]
+    texts += [template.text for template in load_template_bank(load_taxonomy()).templates]
+    other, _, forms = _nfkc_by_character()
+    # Most messages take the character-by-character path, which is what is checked here.
+    assert sum(other.search(text) is None for text in texts) > 0.8 * len(texts)
+    everything = [chr(c) for c in range(0x10000) if not 0xD800 <= c <= 0xDFFF]
+    qualified = [char for char in everything if other.search(char) is None]
+    rng = random.Random(7)
+    for _ in range(50_000):
+        pool = rng.choice([qualified, list(forms), everything])
+        texts.append("".join(rng.choice(pool) for _ in range(rng.randint(1, 6))))
+    assert [nfkc(text) for text in texts] == [unicodedata.normalize("NFKC", t) for t in texts]
 
 
 @pytest.mark.parametrize(

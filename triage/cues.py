@@ -214,8 +214,13 @@ class CueLexicon(_Strict):
 
     @cached_property
     def _matcher(self) -> re.Pattern[str]:
+        # Each kind's alternation sits behind its own first-character lookahead too: where a
+        # cue of some kind can start, the other kinds are skipped after one class test instead
+        # of trying each of their alternatives (cue matching took half the time on the seed
+        # messages). The matches are the same: a lookahead only skips alternatives that fail.
         groups = [
-            f"(?P<k{index}>{_kind_pattern(kind.terms, kind.patterns)})"
+            f"(?P<k{index}>"
+            f"{with_first_char_lookahead(_kind_pattern(kind.terms, kind.patterns), re.IGNORECASE)})"
             for index, kind in enumerate(self.kinds.values())
             if kind.terms or kind.patterns
         ]

@@ -35,6 +35,73 @@ def _t2s() -> Any:
     return opencc.OpenCC("t2s")
 
 
+def _class_of(code_points: list[int]) -> str:
+    """A regex character class body for sorted code points, as ranges."""
+    runs: list[list[int]] = []
+    for code in code_points:
+        if runs and code == runs[-1][1] + 1:
+            runs[-1][1] = code
+        else:
+            runs.append([code, code])
+    return "".join(
+        re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in runs
+    )
+
+
+@cache
+def _nfkc_by_character() -> tuple[re.Pattern[str], re.Pattern[str], dict[str, str]]:
+    """The characters whose NFKC form can be taken one character at a time, and the forms
+    that differ: (a pattern for any other character, a pattern for the characters that
+    change, their forms).
+
+    NFKC decomposes every character, reorders combining marks and composes pairs. A character
+    qualifies when its NFKC form equals its full decomposition and consists of "inert"
+    characters only: no decomposition, combining class 0, and never the second character of a
+    canonical pair (nor a Hangul vowel or final jamo). A string of such characters then has
+    nothing to reorder or compose, so its NFKC form is the concatenation of theirs. Derived
+    from the running Python's Unicode data (about 0.1 s, once per process); covers almost all
+    Chinese messages, where ``unicodedata.normalize`` spends most of its time on the
+    full-width punctuation.
+    """
+    second = set(range(0x1161, 0x1176)) | set(range(0x11A8, 0x11C3))  # Hangul V and T jamo
+    for code in range(0x20000):  # every canonical pair lies in planes 0 and 1
+        parts = unicodedata.decomposition(chr(code)).split()
+        if len(parts) == 2 and not parts[0].startswith("<"):
+            second.add(int(parts[1], 16))
+
+    def inert(char: str) -> bool:
+        return (
+            not unicodedata.decomposition(char)
+            and unicodedata.combining(char) == 0
+            and ord(char) not in second
+        )
+
+    qualified, changed = [], {}
+    for code in range(0x10000):
+        if 0xD800 <= code <= 0xDFFF:  # surrogates
+            continue
+        char = chr(code)
+        folded = unicodedata.normalize("NFKC", char)
+        if folded == unicodedata.normalize("NFKD", char) and all(map(inert, folded)):
+            qualified.append(code)
+            if folded != char:
+                changed[char] = folded
+    return (
+        re.compile(f"[^{_class_of(qualified)}]"),
+        re.compile(f"[{_class_of(sorted(map(ord, changed)))}]"),
+        changed,
+    )
+
+
+def nfkc(text: str) -> str:
+    """``unicodedata.normalize("NFKC", text)``, about three times faster on Chinese text:
+    one character at a time where that gives the same string (see ``_nfkc_by_character``)."""
+    other, changing, forms = _nfkc_by_character()
+    if other.search(text) is not None:
+        return unicodedata.normalize("NFKC", text)
+    return changing.sub(lambda match: forms[match.group()], text)
+
+
 def strip_html(text: str) -> str:
     """Drop tags and decode entities; ``<br>`` and block ends become line breaks."""
     if "<" not in text and "&" not in text:
@@ -49,8 +116,8 @@ def normalize(text: str) -> str:
     Full-width forms are folded first so that full-width or entity-encoded markup is recognised;
     markup is stripped until nothing changes, which makes the function idempotent.
     """
-    text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))
-    while (stripped := _INVISIBLE.sub("", unicodedata.normalize("NFKC", strip_html(text)))) != text:
+    text = _INVISIBLE.sub("", nfkc(text))
+    while (stripped := _INVISIBLE.sub("", nfkc(strip_html(text)))) != text:
         text = stripped
     text = str(_t2s().convert(text))
     text = _SPACES.sub(" ", text)
