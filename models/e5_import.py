@@ -47,6 +47,7 @@ from pydantic import BaseModel, Field
 from triage.errors import ModelError
 from triage.models.card import library_versions
 from triage.resources import load_data_file, packaged_data_path
+from triage.text import code_point_runs
 
 FloatArray = NDArray[np.float32]
 
@@ -349,14 +350,9 @@ def _unknown_characters_pattern(vocab: SentencePieceVocab) -> str:
     known = sorted(
         {ord(c) for i, piece in enumerate(vocab.pieces) if i != vocab.unk for c in piece}
     )
-    ranges: list[list[int]] = []
-    for code in known:
-        if ranges and code == ranges[-1][1] + 1:
-            ranges[-1][1] = code
-        else:
-            ranges.append([code, code])
     body = "".join(
-        f"\\x{{{start:X}}}" + (f"-\\x{{{end:X}}}" if end > start else "") for start, end in ranges
+        f"\\x{{{start:X}}}" + (f"-\\x{{{end:X}}}" if end > start else "")
+        for start, end in code_point_runs(known)
     )
     return f"[^{body}]"
 

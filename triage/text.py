@@ -35,16 +35,23 @@ def _t2s() -> Any:
     return opencc.OpenCC("t2s")
 
 
-def _class_of(code_points: list[int]) -> str:
-    """A regex character class body for sorted code points, as ranges."""
+def code_point_runs(code_points: list[int]) -> list[tuple[int, int]]:
+    """Sorted code points as (first, last) runs of consecutive ones: the ranges of a regex
+    character class."""
     runs: list[list[int]] = []
     for code in code_points:
         if runs and code == runs[-1][1] + 1:
             runs[-1][1] = code
         else:
             runs.append([code, code])
+    return [(first, last) for first, last in runs]
+
+
+def _class_of(code_points: list[int]) -> str:
+    """A regex character class body for sorted code points, as ranges."""
     return "".join(
-        re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in runs
+        re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}"
+        for a, b in code_point_runs(code_points)
     )
 
 
