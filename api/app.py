@@ -48,18 +48,18 @@ class LogFormatter(logging.Formatter):
 
     def __init__(self, fmt: str) -> None:
         super().__init__(fmt)
-        self._second: int | None = None
-        self._stamp = ""
+        self._cached: tuple[int, str] | None = None  # (second, its date and time), one object
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
             return super().formatTime(record, datefmt)
         second = int(record.created)  # what ``time.localtime`` reads of it
-        if second != self._second:
-            self._stamp = time.strftime(self.default_time_format, self.converter(record.created))
-            self._second = second
+        cached = self._cached
+        if cached is None or cached[0] != second:
+            stamp = time.strftime(self.default_time_format, self.converter(record.created))
+            self._cached = cached = (second, stamp)
         msec_format = self.default_msec_format
-        return msec_format % (self._stamp, record.msecs) if msec_format else self._stamp
+        return msec_format % (cached[1], record.msecs) if msec_format else cached[1]
 
 
 def _configure_logging(level: str) -> None:

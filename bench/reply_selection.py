@@ -13,7 +13,6 @@ and its best situation of the labeled topic fits.
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from triage.schemas import Message
 from triage.service import load_pipeline
 from triage.taxonomy import load_taxonomy
 from triage.training.corpus import load_corpus, seed_corpus_path
+from triage.training.situations import load_situation_labels
 
 LABELS = Path(__file__).resolve().parent.parent / "triage/data/replies/dev_situations.jsonl"
 
@@ -68,7 +68,10 @@ def measure(
     assert pipeline.suggester is not None
     rules, templates = load_tone_rules(), {t.id: t for t in pipeline.suggester.bank.templates}
     dev = {r.id: r for r in load_corpus(seed_corpus_path("dev"), load_taxonomy())}
-    labels = [json.loads(line) for line in labels_path.read_text(encoding="utf-8").splitlines()]
+    labels = [
+        label.model_dump()
+        for label in load_situation_labels(labels_path, pipeline.suggester.bank, list(dev.values()))
+    ]
     results = pipeline(
         [Message(id=x["id"], text=dev[x["id"]].text, channel=dev[x["id"]].channel) for x in labels],
         replies=True,

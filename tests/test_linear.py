@@ -101,6 +101,9 @@ def test_default_config_is_valid_and_has_no_non_defaults():
         ({"naive_bayes_share": 0.0}, "naive_bayes_share", "0.0"),
         ({"naive_bayes_share": 1.5}, "naive_bayes_share", "1.5"),
         ({"naive_bayes_share": "0.3"}, "naive_bayes_share", "'0.3'"),
+        ({"naive_bayes_share": True}, "naive_bayes_share", "True"),
+        ({"naive_bayes_c": {"polarity": float("nan")}}, "naive_bayes_c", "nan"),
+        ({"regularization_c": {"topic": float("inf")}}, "regularization_c", "inf"),
     ],
 )
 def test_config_rejects_bad_values_quoting_them(kwargs, field, shown):
@@ -276,17 +279,26 @@ def test_naive_bayes_view_scores_a_two_label_head_with_a_weighted_mean_of_both_f
     assert _predicted(fitted, "complaint", TEXTS) == COMPLAINTS
 
 
-def test_naive_bayes_view_leaves_heads_with_more_labels_as_they_were(engine):
-    config = replace(SMALL, naive_bayes_c={"sentiment": 8.0, "topic": 8.0})
+def test_naive_bayes_view_is_refused_for_heads_with_more_labels():
+    config = replace(SMALL, naive_bayes_c={"sentiment": 8.0})
+    with pytest.raises(ConfigError, match=r"expected heads with two labels .*'sentiment'"):
+        LinearEngine.fit(config, _data(), LABEL_SETS)
+
+
+def test_naive_bayes_view_of_a_head_that_is_not_fitted_changes_nothing(engine):
+    config = replace(SMALL, naive_bayes_c={"polarity": 8.0})
     fitted = LinearEngine.fit(config, _data(), LABEL_SETS)
     np.testing.assert_array_equal(fitted.weights, engine.weights)
 
 
 def test_naive_bayes_view_survives_save_and_load(tmp_path):
-    config = replace(SMALL, naive_bayes_c={"complaint": 8.0})
+    config = replace(SMALL, naive_bayes_c={"complaint": 8.0}, naive_bayes_share=0.6)
     fitted = LinearEngine.fit(config, _data(), LABEL_SETS)
     loaded = LinearEngine.load(fitted.save(tmp_path / "nb"))
-    assert loaded.config.naive_bayes_c == {"complaint": 8.0}
+    assert (loaded.config.naive_bayes_c, loaded.config.naive_bayes_share) == (
+        {"complaint": 8.0},
+        0.6,
+    )
     texts = [*TEXTS, "没见过的句子"]
     np.testing.assert_array_equal(
         loaded.predict_proba(texts)["complaint"], fitted.predict_proba(texts)["complaint"]
@@ -358,7 +370,7 @@ def test_model_saved_before_solver_and_min_df_loads_with_how_it_was_trained(save
     old = tmp_path / "old"
     shutil.copytree(saved, old)
     config = json.loads((old / "config.json").read_text(encoding="utf-8"))
-    for key in ("solver", "min_df", "naive_bayes_c"):
+    for key in ("solver", "min_df", "naive_bayes_c", "naive_bayes_share"):
         del config["features"][key]
     (old / "config.json").write_text(json.dumps(config), encoding="utf-8")
     loaded = LinearEngine.load(old)
