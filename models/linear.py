@@ -83,12 +83,7 @@ class LinearConfig:
     # the head the shared review sets measure) and the polarity head (worse on held-out rows,
     # mostly short review sentences) keep every column, as do unlisted heads.
     min_df: dict[str, float] = field(
-        default_factory=lambda: {
-            "topic": 0.0002,
-            "urgency": 0.0002,
-            "complaint": 0.0002,
-            "situation": 0.0002,
-        }
+        default_factory=lambda: dict.fromkeys(("topic", "urgency", "complaint", "situation"), 2e-4)
     )
     # Two extra word-block features: hits of positive and of negative words of the polarity
     # lexicon (triage/data/polarity_lexicon.yaml), negation-aware; see triage/polarity.py.
@@ -160,11 +155,15 @@ class LinearConfig:
         nb_values = numbers(self.naive_bayes_c)
         if nb_values is None or any(c <= 0 for c in nb_values):
             fail("naive_bayes_c", "a {head: positive number} mapping")
-        share = self.naive_bayes_share
-        if not isinstance(share, int | float) or isinstance(share, bool) or not 0.0 < share <= 1.0:
+        nb_share = self.naive_bayes_share
+        if (
+            not isinstance(nb_share, int | float)
+            or isinstance(nb_share, bool)
+            or not 0.0 < nb_share <= 1.0
+        ):
             fail("naive_bayes_share", "a number in (0, 1]")
-        shares = numbers(self.min_df)
-        if shares is None or any(not 0.0 <= share < 1.0 for share in shares):
+        row_shares = numbers(self.min_df)
+        if row_shares is None or any(not 0.0 <= share < 1.0 for share in row_shares):
             fail("min_df", "a {head: share of rows in [0, 1)} mapping")
         if self.class_weight not in (None, "balanced"):
             fail("class_weight", "'balanced' or null")
