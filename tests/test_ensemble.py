@@ -66,16 +66,19 @@ def test_weights_favour_the_better_member(
         "linear": load_engine(small_model_dir),
         "transformer": load_engine(untrained_transformer_dir),
     }
+    # By log-loss, a member that only adds noise (the untrained transformer) loses its weight;
+    # by accuracy, small weights of it may tie or flip a few of 167 messages, so that criterion
+    # is held to its own guarantee only.
+    by_loss = EnsembleEngine.fit(members, texts, gold, criterion="log_loss")
+    assert by_loss.weights["topic"]["linear"] > 0.5
+    loss_report = by_loss.meta["weight_fit"]["topic"]
+    assert loss_report["dev_log_loss"] <= loss_report["linear_alone"]["dev_log_loss"]
     ensemble = EnsembleEngine.fit(members, texts, gold)
-    assert ensemble.weights["topic"]["linear"] > 0.5
     assert ensemble.weights["polarity"] == {"transformer": 1.0}  # the only member with it
     for head, weights in ensemble.weights.items():
         assert abs(sum(weights.values()) - 1) < 1e-6, head
     report = ensemble.meta["weight_fit"]["topic"]
     assert report["dev_accuracy"] >= report["linear_alone"]["dev_accuracy"]
-    by_loss = EnsembleEngine.fit(members, texts, gold, criterion="log_loss")
-    loss_report = by_loss.meta["weight_fit"]["topic"]
-    assert loss_report["dev_log_loss"] <= loss_report["linear_alone"]["dev_log_loss"]
     probs = ensemble.predict_proba(texts[:5])
     parts = {name: m.predict_proba(texts[:5]) for name, m in members.items()}
     expected = sum(w * parts[name]["topic"] for name, w in ensemble.weights["topic"].items())
