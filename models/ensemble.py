@@ -9,9 +9,9 @@ lies within one standard error of the best, those with the lowest log-loss
 (``criterion="log_loss"``). Log-loss alone rewards calibration: on the seed dev set it gave the
 better-calibrated but less accurate e5 heads 0.75 of the topic weight and cost 6 points of topic
 macro-F1 (docs/benchmarks.md, section 9). The best accuracy alone rewards chance: on 167 seed dev
-messages, one message more gave an untrained transformer 0.55 of the topic weight against a
-linear model trained on a quarter of the seed corpus; within the standard error (about five
-messages there) the lower log-loss decides.
+messages, a chance gain in accuracy gave an untrained transformer 0.55 of the topic weight
+against a linear model trained on a quarter of the seed corpus; within the standard error (about
+five messages there) the lower log-loss decides.
 """
 
 from __future__ import annotations
