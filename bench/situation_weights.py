@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from common import add_linear_option, markdown_table, write_result
+from heldout_cv import id_number
 from numpy.typing import NDArray
 from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
@@ -125,11 +126,19 @@ def fold_probabilities(
     return probs["topic"], probs["situation"], complaint_topic_prior(counts, topics)
 
 
-def out_of_fold(options: HeadOptions, jobs: int = 1, n_folds: int = FOLDS) -> dict[str, Any]:
+def out_of_fold(
+    options: HeadOptions,
+    jobs: int = 1,
+    n_folds: int = FOLDS,
+    round_from: int | None = None,
+    with_round: bool = True,
+) -> dict[str, Any]:
     """Out-of-fold signals for every labeled training complaint, per situation of the bank;
     ``jobs`` folds are fitted at once (each in its own process). With ``n_folds`` below five
     only the complaints of the first ``n_folds`` folds get signals: a quicker, paired comparison
-    of head options (the folds are the same whatever the labels)."""
+    of head options (the folds are the same whatever the labels). With ``round_from`` the folds
+    run over the rows before that id only, and the round's rows (that id on) join every fold's
+    fitted rows when ``with_round``: does a corpus round help drafts for earlier messages?"""
     taxonomy = load_taxonomy()
     bank = load_template_bank(taxonomy)
     keywords = load_situation_keywords(bank)
@@ -144,7 +153,14 @@ def out_of_fold(options: HeadOptions, jobs: int = 1, n_folds: int = FOLDS) -> di
     classifier_p = np.zeros((len(records), len(situations)))
     prior = np.zeros((len(records), len(situations)))
     fold_of = np.zeros(len(records), np.int64)
-    folds = list(StratifiedKFold(FOLDS, shuffle=True, random_state=0).split(texts, gold))
+    earlier = np.array(
+        [i for i, r in enumerate(records) if round_from is None or id_number(r) < round_from]
+    )
+    added = np.setdiff1d(np.arange(len(records)), earlier) if with_round else earlier[:0]
+    if round_from is not None and len(earlier) in (0, len(records)):
+        raise SystemExit(f"--round-from {round_from}: expected rows on both sides of that id")
+    split = StratifiedKFold(FOLDS, shuffle=True, random_state=0).split(earlier, gold[earlier])
+    folds = [(np.concatenate([earlier[fit], added]), earlier[out]) for fit, out in split]
     folds = folds[:n_folds]
     with ProcessPoolExecutor(jobs) as pool:
         fitted = [
@@ -327,11 +343,24 @@ def main() -> None:
         help="fit only the first N of the five folds (the rules' nested choice needs two)",
     )
     parser.add_argument(
+        "--round-from",
+        type=int,
+        help="first id number of a corpus round: folds over the earlier rows only, the round's"
+        " rows in every fold's fitted rows",
+    )
+    parser.add_argument(
+        "--without-round",
+        action="store_true",
+        help="with --round-from: leave the round's rows out (the baseline)",
+    )
+    parser.add_argument(
         "--signals",
         type=Path,
         help="an .npz of out-of-fold signals: read when it exists (no refitting), else written",
     )
     args = parser.parse_args()
+    if args.without_round and args.round_from is None:
+        parser.error("--without-round: expected --round-from as well")
     options = HeadOptions(args.c, args.acceptable_weight, args.linear)
     try:  # a bad field fails now, not after the first fold
         options.linear_config()
@@ -341,7 +370,9 @@ def main() -> None:
         signals = load_signals(args.signals)
         print(f"read the out-of-fold signals from {args.signals}")
     else:
-        signals = out_of_fold(options, args.jobs, args.folds)
+        signals = out_of_fold(
+            options, args.jobs, args.folds, args.round_from, not args.without_round
+        )
         if args.signals:
             save_signals(args.signals, signals)
     fits, has, fold = signals["fits"], signals["fits"].any(axis=1), signals["fold"]
@@ -393,6 +424,8 @@ def main() -> None:
         "labeled_complaints": len(fits),
         "with_a_situation": int(has.sum()),
         "head_options": asdict(options),
+        "round_from": args.round_from,
+        "with_round": args.round_from is not None and not args.without_round,
         "rules": compared,
         **breakdown,
     }
