@@ -46,10 +46,10 @@ class TrainArguments:
     linear: LinearConfig = field(default_factory=LinearConfig)
     # Reply situations of labeled training messages (for the situation head); None: no head.
     situation_labels_path: Path | None = field(default_factory=seed_situations_path)
-    # Heads fitted at once, each in a worker process (1: one after another in this process).
-    # The model is the same either way; two halve the wall time of everything but the
-    # situation head, which fits beside the others (docs/benchmarks.md §11, session 9).
-    processes: int = 2
+    # Heads fitted at once, each in a worker process (1: one after another in this process);
+    # the model is the same either way. Only worth it with idle cores: on the shared 2-core
+    # machine of docs/benchmarks.md §11 (session 9) two processes trained more slowly.
+    processes: int = 1
 
     def __post_init__(self) -> None:
         if (

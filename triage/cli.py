@@ -53,7 +53,7 @@ def _announce_training(settings: Settings) -> None:
     reason = pending_training(settings)
     if reason is not None:
         click.echo(
-            f"{reason}: training the default model from the seed corpus (about 7 minutes)",
+            f"{reason}: training the default model from the seed corpus (about 3 minutes)",
             err=True,
         )
 
@@ -295,8 +295,8 @@ def _member(value: str) -> tuple[str, Path]:
 @click.option(
     "--processes",
     type=int,
-    help="linear: heads fitted at once, each in a worker process (default 2; the model is the "
-    "same for any number).",
+    help="linear: heads fitted at once, each in a worker process (default 1; the model is the "
+    "same for any number; more help only with idle cores).",
 )
 @click.option("--register", is_flag=True, help="Also add the saved model to the registry.")
 @click.option(
