@@ -89,8 +89,8 @@ class LinearConfig:
     # mostly short review sentences) keep every column, as do unlisted heads. The situation
     # head, 69 classes and most of training's time, keeps only columns in 0.05 % of its rows
     # (13 of the round-26 corpus's 24,719): a third of the columns and 84 % of the non-zeros;
-    # out of fold its drafts fit as often as at 0.0002 (0.1 % lost; docs/benchmarks.md §11,
-    # session 9).
+    # out of fold its drafts fit as often as at 0.0002 (0.752 against 0.749, within noise),
+    # and training takes 2.4 times less (docs/benchmarks.md §11, session 9).
     min_df: dict[str, float] = field(
         default_factory=lambda: {
             **dict.fromkeys(("topic", "urgency", "complaint"), 2e-4),
