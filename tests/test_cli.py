@@ -331,6 +331,15 @@ def test_train_rejects_an_invalid_corpus(runner, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+def test_train_rejects_a_number_of_processes_below_one(runner, tmp_path, small_train_file):
+    result = runner.invoke(
+        main,
+        ["train", "--data", str(small_train_file), "--processes", "0", "--out", str(tmp_path)],
+    )
+    assert result.exit_code == 2
+    assert "TrainArguments.processes: expected an integer from 1 to 64 (got 0)" in result.stderr
+
+
 def test_serve_passes_settings_to_the_app(runner, tmp_path, monkeypatch, small_model_dir):
     created: list[Settings] = []
     served: dict[str, object] = {}

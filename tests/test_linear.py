@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from triage.errors import ConfigError, ModelError
 from triage.models.linear import HeadData, LinearConfig, LinearEngine
@@ -179,6 +180,30 @@ def test_fit_is_deterministic():
     second = LinearEngine.fit(SMALL, _data(), LABEL_SETS, seed=0).predict_proba(TEXTS)
     for head in LABEL_SETS:
         np.testing.assert_array_equal(first[head], second[head])
+
+
+def test_heads_fitted_in_worker_processes_save_the_same_model(tmp_path):
+    config = replace(SMALL, naive_bayes_c={"complaint": 8.0})
+    data = {
+        **_data(),
+        "urgency": HeadData(TEXTS, ["P1", "P2", "P3", "P4"] * 2),
+    }
+    label_sets = {**LABEL_SETS, "urgency": ["P1", "P2", "P3", "P4"]}
+    sequential = LinearEngine.fit(config, data, label_sets, processes=1)
+    concurrent = LinearEngine.fit(config, data, label_sets, processes=2)
+    sequential.save(tmp_path / "sequential")
+    concurrent.save(tmp_path / "concurrent")
+    first = load_file(str(tmp_path / "sequential" / "model.safetensors"))
+    second = load_file(str(tmp_path / "concurrent" / "model.safetensors"))
+    assert first.keys() == second.keys()
+    for name, tensor in first.items():
+        np.testing.assert_array_equal(tensor, second[name], err_msg=name)
+    assert sequential.version == concurrent.version
+
+
+def test_fitting_needs_at_least_one_process():
+    with pytest.raises(ConfigError, match=r"processes: expected a positive integer \(got 0\)"):
+        LinearEngine.fit(SMALL, _data(), LABEL_SETS, processes=0)
 
 
 def test_head_with_rows_for_only_some_texts_trains_on_its_own_rows(engine):

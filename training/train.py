@@ -46,8 +46,21 @@ class TrainArguments:
     linear: LinearConfig = field(default_factory=LinearConfig)
     # Reply situations of labeled training messages (for the situation head); None: no head.
     situation_labels_path: Path | None = field(default_factory=seed_situations_path)
+    # Heads fitted at once, each in a worker process (1: one after another in this process);
+    # the model is the same either way. Only worth it with idle cores: on the shared 2-core
+    # machine of docs/benchmarks.md §11 (session 9) two processes trained more slowly.
+    processes: int = 1
 
     def __post_init__(self) -> None:
+        if (
+            not isinstance(self.processes, int)
+            or isinstance(self.processes, bool)
+            or not 1 <= self.processes <= 64
+        ):
+            raise ConfigError(
+                f"TrainArguments.processes: expected an integer from 1 to 64 "
+                f"(got {self.processes!r})"
+            )
         if not 0.0 < self.review_corpus_weight <= 10.0:
             raise ConfigError(
                 f"TrainArguments.review_corpus_weight: expected a number in (0, 10] "
@@ -353,6 +366,7 @@ def train_linear(args: TrainArguments, log: Log = lambda _: None) -> TrainReport
         sets,
         seed=args.seed,
         idf_head="topic",
+        processes=args.processes,
     )
     log(f"fitted {len(HEADS)} heads in {time.perf_counter() - started:.1f}s")
     data = data_summary(train_paths, args.dev_path, records, dev, len(reviews))
