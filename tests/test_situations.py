@@ -286,6 +286,10 @@ def test_training_records_how_complaints_spread_over_topics(small_pipeline, smal
         ("technical", "data_loss"),
         ("billing", "renewal_price_increase"),
         ("billing", "meter_reading_dispute"),
+        ("quality", "missing_item"),
+        ("security", "account_takeover"),
+        ("after_sales", "faulty_workmanship"),
+        ("technical", "device_malfunction"),
     ],
     ids=lambda key: ".".join(key),
 )
