@@ -1,7 +1,9 @@
-"""``triage serve --workers N``: worker processes with a socket each, run for real on loopback."""
+"""``triage serve --workers N``: worker processes that share one socket, connections going to
+the one with the fewest; run for real on loopback, and the acceptor in this process."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -9,7 +11,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -19,6 +23,13 @@ from click.testing import CliRunner
 
 import triage.serving
 from triage.cli import main
+from triage.serving import (
+    MAX_PASSES,
+    NOT_ACCEPTING,
+    RETRY_S,
+    ConnectionSet,
+    LeastConnectionsAcceptor,
+)
 
 STARTUP_TIMEOUT_S = 120.0  # two workers import everything and load the model; slow when busy
 MESSAGE = {"text": "快递丢了半个月还不处理，我要投诉！", "channel": "chat"}
@@ -36,28 +47,30 @@ class Server:
     base: str
     log: Path
 
-    def worker_pids(self, attempts: int = 60) -> set[int]:
-        """The processes that answer ``/healthz`` on ``attempts`` new connections, each of
-        which also triages a message (so every worker seen served the model)."""
-        pids = set()
-        for _ in range(attempts):
-            with httpx.Client(base_url=self.base, timeout=10.0) as client:  # one connection
-                pid = client.get("/healthz").json()["pid"]
+    def worker_pids(self, connections: int) -> list[int]:
+        """The process that answers ``/healthz`` on each of ``connections`` connections held
+        open together, opened one after another; each also triages a message (so every
+        worker seen served the model)."""
+        pids = []
+        with ExitStack() as held:
+            for _ in range(connections):
+                client = held.enter_context(httpx.Client(base_url=self.base, timeout=10.0))
+                pids.append(client.get("/healthz").json()["pid"])
                 triaged = client.post("/v1/triage", json=MESSAGE)
                 assert triaged.status_code == 200, triaged.text
                 assert triaged.json()["topic"]
-                pids.add(pid)
         return pids
 
-    def wait_for_workers(self, count: int) -> set[int]:
-        """Wait until ``count`` different worker processes answer."""
+    def wait_for_workers(self, count: int) -> list[int]:
+        """Wait until ``count`` different worker processes answer on ``2 * count`` kept-open
+        connections; the pid of each connection."""
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.log.read_text()
             try:
                 if httpx.get(f"{self.base}/readyz", timeout=2.0).status_code == 200:
-                    pids = self.worker_pids()
-                    if len(pids) == count:
+                    pids = self.worker_pids(2 * count)
+                    if len(set(pids)) == count:
                         return pids
             except httpx.TransportError:
                 pass
@@ -100,11 +113,14 @@ def test_workers_share_connections_replace_a_dead_one_and_stop_on_sigterm(
     server: Server,
 ) -> None:
     # One test, so that the workers start (imports, model) once.
-    workers = server.wait_for_workers(2)
+    pids = server.wait_for_workers(2)
+    workers = set(pids)
     assert server.process.pid not in workers  # the parent only supervises
+    # Kept-open connections alternate: each goes to the worker with fewer.
+    assert sorted(pids.count(pid) for pid in workers) == [2, 2]
     killed = min(workers)
     os.kill(killed, signal.SIGKILL)
-    replaced = server.wait_for_workers(2)
+    replaced = set(server.wait_for_workers(2))
     assert killed not in replaced and len(replaced & workers) == 1
     assert server.stop() == 0
     assert f"Worker process [{killed}] died" in server.log.read_text()
@@ -112,7 +128,7 @@ def test_workers_share_connections_replace_a_dead_one_and_stop_on_sigterm(
 
 
 def test_a_taken_port_is_an_error_before_any_worker_starts(small_model_dir: Path) -> None:
-    with socket.socket() as taken:  # no SO_REUSEPORT: nobody else may bind this port
+    with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
@@ -122,7 +138,7 @@ def test_a_taken_port_is_an_error_before_any_worker_starts(small_model_dir: Path
     assert f"error: cannot listen on 127.0.0.1:{port}" in result.stderr
 
 
-def test_without_so_reuseport_uvicorn_supervises_one_shared_socket(
+def test_where_workers_cannot_balance_uvicorn_supervises_one_shared_socket(
     monkeypatch: pytest.MonkeyPatch, small_model_dir: Path
 ) -> None:
     supervised: list[SharedSocketSupervisor] = []
@@ -138,7 +154,7 @@ def test_without_so_reuseport_uvicorn_supervises_one_shared_socket(
             supervised.append(self)
 
     monkeypatch.setattr(triage.serving, "Multiprocess", SharedSocketSupervisor)
-    monkeypatch.setattr(triage.serving, "CAN_REUSE_PORT", False)
+    monkeypatch.setattr(triage.serving, "CAN_BALANCE", False)
     # serve() hands the pinned settings to the workers through the environment: a copy here.
     monkeypatch.setattr(os, "environ", dict(os.environ))
     for name in ("TRIAGE_MODEL_DIR", "TRIAGE_PORT", "TRIAGE_HOST"):
@@ -154,7 +170,88 @@ def test_without_so_reuseport_uvicorn_supervises_one_shared_socket(
     assert address == ("127.0.0.1", port)
     assert supervisor.config.workers == 3
     assert supervisor.config.timeout_worker_healthcheck == 90
-    assert "SO_REUSEPORT is not available" in result.stderr
+    assert "whichever wakes first accepts" in result.stderr
     # The workers import the app, which reads its settings (the pinned model) from there.
     assert os.environ["TRIAGE_MODEL_DIR"] == str(small_model_dir)
     assert os.environ["TRIAGE_PORT"] == str(port)
+
+
+class Connection(asyncio.Protocol):
+    """Stands in for uvicorn's HTTP protocol: in ``open`` from connection to loss."""
+
+    def __init__(self, open_connections: ConnectionSet) -> None:
+        self.open = open_connections
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.open.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open.discard(self)
+
+
+def test_connections_go_to_the_acceptor_with_the_fewest_and_none_waits_on_a_stopped_one() -> None:
+    async def scenario() -> None:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        address = listener.getsockname()
+        loads = [NOT_ACCEPTING] * 2  # stands in for the array the processes share
+        served = [ConnectionSet(), ConnectionSet()]
+        acceptors = [
+            LeastConnectionsAcceptor(
+                listener.dup(), loads, i, served[i], partial(Connection, served[i])
+            )
+            for i in range(2)
+        ]
+        for acceptor in acceptors:
+            acceptor.start(backlog=16)
+        listener.close()
+        clients = []
+
+        async def connect() -> None:
+            before = sum(map(len, served))
+            clients.append(await asyncio.open_connection(*address))
+            while sum(map(len, served)) == before or any(a.handshakes for a in acceptors):
+                await asyncio.sleep(0.001)
+
+        for _ in range(6):
+            await connect()
+        assert [len(s) for s in served] == [3, 3]
+        assert loads == [3, 3]
+        clients[0][1].close()  # whichever worker served it now has fewer
+        while sum(map(len, served)) == 6:
+            await asyncio.sleep(0.001)
+        fewer = [len(s) for s in served].index(2)
+        await connect()
+        assert [len(s) for s in served] == [3, 3] and fewer in (0, 1)
+        acceptors[fewer].close()  # stopping: the other takes every new connection
+        assert loads[fewer] == NOT_ACCEPTING
+        for _ in range(2):
+            await connect()
+        assert len(served[1 - fewer]) == 5
+        acceptors[1 - fewer].close()
+        for _, writer in clients:
+            writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_acceptor_takes_the_connection_itself_when_a_less_loaded_one_never_does() -> None:
+    async def scenario() -> None:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        busy = ConnectionSet()
+        busy.add(Connection(busy))  # already holds one connection
+        loads = [NOT_ACCEPTING, 0]  # worker 1 has none but hangs: it never accepts
+        acceptor = LeastConnectionsAcceptor(listener, loads, 0, busy, partial(Connection, busy))
+        acceptor.start(backlog=16)
+        started = time.monotonic()
+        _, writer = await asyncio.open_connection(*listener.getsockname())
+        while len(busy) == 1 or acceptor.handshakes:
+            await asyncio.sleep(0.001)
+        waited = time.monotonic() - started
+        assert waited >= MAX_PASSES * RETRY_S  # it left the connection to worker 1 first
+        assert loads[0] == 2
+        writer.close()
+        acceptor.close()
+
+    asyncio.run(scenario())

@@ -204,8 +204,8 @@ def batch(
     type=click.IntRange(1, 64),
     default=1,
     show_default=True,
-    help="Server processes, each with its own socket (SO_REUSEPORT): the kernel spreads "
-    "connections over them. Use the number of cores for throughput.",
+    help="Server processes sharing one socket; each new connection goes to the one with the "
+    "fewest open. Use the number of cores for throughput.",
 )
 @model_dir_option
 def serve(host: str | None, port: int | None, workers: int, model_dir: Path | None) -> None:

@@ -1,22 +1,28 @@
 """Running the HTTP API: in this process, or in several worker processes that share the load.
 
-uvicorn's own supervisor (``uvicorn.run(..., workers=N)``) hands one listening socket to every
-worker and whichever wakes first accepts; under load one worker often took all kept-alive
-connections while the other idled (docs/benchmarks.md, section 4). Here every worker listens on
-a socket of its own, bound with ``SO_REUSEPORT`` to the same address, and the kernel spreads new
-connections over the workers by a hash of the client's address and port.
+The supervisor binds one socket and every worker accepts from it, but only while it holds no
+more open connections than the least-loaded other worker (each publishes its count in an array
+the processes share). Kept-alive clients, such as a desk's connection pool or a load test's 32
+clients, so spread evenly over the workers. uvicorn's own supervisor lets whichever worker wakes
+first take every connection waiting, and ``SO_REUSEPORT`` spreads them by a hash of the client's
+address: both left one worker with more connections, and its queue set the latency tail
+(docs/benchmarks.md, section 4).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import multiprocessing
 import os
+import select
 import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
@@ -30,19 +36,34 @@ from triage.service import pin_model
 logger = logging.getLogger("uvicorn.error")
 
 APP = "triage.api.app:app"
-CAN_REUSE_PORT = hasattr(socket, "SO_REUSEPORT")
+# Workers watch the shared socket with the event loop's add_reader, which Windows' loop lacks.
+CAN_BALANCE = os.name != "nt"
 # How often the supervisor looks for workers that died or stopped answering.
 CHECK_INTERVAL_S = 0.5
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# A worker's entry in the shared array while it accepts nothing (starting, stopping, dead).
+NOT_ACCEPTING = -1
+# How soon a worker that left a waiting connection to a less-loaded one looks again, and how
+# many times in a row it does so before it takes the connection itself (a worker that hangs
+# with few connections must not keep new ones waiting).
+RETRY_S = 0.001
+MAX_PASSES = 50
 
 
-def reuse_port_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` that other processes of this user can bind too."""
+class Loads(Protocol):
+    """Open connections per worker, shared by the processes (a ``multiprocessing`` array)."""
+
+    def __getitem__(self, index: int) -> int: ...
+    def __setitem__(self, index: int, value: int) -> None: ...
+    def __len__(self) -> int: ...
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (not yet listening)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
@@ -50,19 +71,168 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+class ConnectionSet(set[Any]):
+    """uvicorn's set of open connections (``server_state.connections``) that calls
+    ``on_change`` when one opens or closes, so that the count in the shared array stays true."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_change: Callable[[], None] = lambda: None
+
+    def add(self, connection: Any) -> None:
+        super().add(connection)
+        self.on_change()
+
+    def discard(self, connection: Any) -> None:
+        super().discard(connection)
+        self.on_change()
+
+
+def readable(sock: socket.socket) -> bool:
+    """Whether a connection waits on the listening socket (without blocking)."""
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+class LeastConnectionsAcceptor:
+    """Accepts connections from a listening socket that several worker processes watch, only
+    while this worker (``loads[index]``) holds no more open connections than the least-loaded
+    other worker that accepts; otherwise it leaves the connection to that one."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        loads: Loads,
+        index: int,
+        connections: ConnectionSet,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+    ) -> None:
+        self.sock, self.loads, self.index = sock, loads, index
+        self.connections, self.protocol_factory = connections, protocol_factory
+        self.loop = asyncio.get_running_loop()
+        self.passes = 0  # connections left to another worker in a row
+        self.retry: asyncio.TimerHandle | None = None
+        self.handshakes: set[asyncio.Task[Any]] = set()  # accepted, not yet connections
+        self.accepting = False
+
+    def load(self) -> int:
+        return len(self.connections) + len(self.handshakes)
+
+    def publish(self) -> None:
+        if self.accepting:
+            self.loads[self.index] = self.load()
+
+    def start(self, backlog: int) -> None:
+        self.sock.setblocking(False)
+        self.sock.listen(backlog)
+        self.accepting = True
+        self.connections.on_change = self.publish
+        self.publish()
+        self.loop.add_reader(self.sock.fileno(), self._on_readable)
+
+    def close(self) -> None:
+        """Accept no more (connections already accepted stay open)."""
+        self.accepting = False
+        self.loads[self.index] = NOT_ACCEPTING
+        if self.retry is not None:
+            self.retry.cancel()
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+    def _busier_than_another(self, mine: int) -> bool:
+        others = (self.loads[i] for i in range(len(self.loads)) if i != self.index)
+        return any(NOT_ACCEPTING < load < mine for load in others)
+
+    def _on_readable(self) -> None:
+        mine = self.load()
+        self.loads[self.index] = mine
+        if self.passes < MAX_PASSES and self._busier_than_another(mine):
+            self.passes += 1
+            self.loop.remove_reader(self.sock.fileno())
+            self.retry = self.loop.call_later(RETRY_S, self._resume)
+            return
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):  # another worker took it
+            return
+        except OSError as exc:  # out of file descriptors, say: the connection waits
+            logger.warning("accepting a connection failed: %s", exc)
+            return
+        self.passes = 0
+        conn.setblocking(False)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        handshake = self.loop.create_task(
+            self.loop.connect_accepted_socket(self.protocol_factory, conn)
+        )
+        self.handshakes.add(handshake)  # also keeps it alive: the loop holds tasks weakly
+        handshake.add_done_callback(self._handshake_done)
+        self.loads[self.index] = mine + 1
+
+    def _handshake_done(self, handshake: asyncio.Task[Any]) -> None:
+        self.handshakes.discard(handshake)
+        self.publish()
+        if not handshake.cancelled() and handshake.exception() is not None:
+            logger.debug("a connection closed before it was served: %s", handshake.exception())
+
+    def _resume(self) -> None:
+        self.retry = None
+        if not readable(self.sock):  # the other worker took it: this episode is over
+            self.passes = 0
+        self.loop.add_reader(self.sock.fileno(), self._on_readable)
+
+
+class BalancedServer(uvicorn.Server):
+    """uvicorn's server in a worker: serves the supervisor's socket through a
+    :class:`LeastConnectionsAcceptor` once the app has started."""
+
+    def __init__(self, config: uvicorn.Config, loads: Loads, index: int) -> None:
+        super().__init__(config)
+        self.loads, self.index = loads, index
+        self.server_state.connections = ConnectionSet()
+        self.acceptor: LeastConnectionsAcceptor | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if not sockets:
+            raise ValueError("a worker serves the socket its supervisor bound")
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            sys.exit(STARTUP_FAILURE)
+        config, state, app_state = self.config, self.server_state, self.lifespan.state
+
+        def protocol() -> asyncio.Protocol:
+            made: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=state, app_state=app_state
+            )
+            return made
+
+        self.servers = []  # nothing for uvicorn's shutdown to close: the acceptor is ours
+        assert isinstance(state.connections, ConnectionSet)
+        self.acceptor = LeastConnectionsAcceptor(
+            sockets[0], self.loads, self.index, state.connections, protocol
+        )
+        self.acceptor.start(config.backlog)
+        self.started = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.acceptor is not None:
+            self.acceptor.close()
+        await super().shutdown(sockets)
+
+
 class Worker(Process):
     """uvicorn's worker process (spawned, answers the supervisor's health checks over a pipe),
-    listening on a socket of its own instead of the one its parent bound."""
+    running a :class:`BalancedServer` as worker ``index`` of ``loads``."""
 
-    def target(self, sockets: list[socket.socket] | None = None) -> None:  # pragma: no cover
-        # Runs in the spawned process; the socket listens once the app has started, so the
-        # kernel sends no connection to a worker that is still loading the model.
-        try:
-            sock = reuse_port_socket(self.config.host, self.config.port)
-        except ConfigError as exc:
-            logger.error("%s", exc)
-            sys.exit(STARTUP_FAILURE)
-        super().target([sock])
+    def __init__(
+        self, config: uvicorn.Config, sock: socket.socket, loads: Loads, index: int
+    ) -> None:
+        self.loads, self.index = loads, index
+        super().__init__(config, [sock])
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = BalancedServer(self.config, self.loads, self.index)
+        return self._server
 
 
 class Supervisor:
@@ -73,25 +243,30 @@ class Supervisor:
         self.config, self.workers = config, workers
         self.processes: list[Worker] = []
         self.signals: list[int] = []
+        self.loads: Loads = multiprocessing.get_context("spawn").Array(
+            "i", [NOT_ACCEPTING] * workers, lock=False
+        )
 
     def run(self) -> None:
         """Serve until SIGINT or SIGTERM. Raises ConfigError when the address is taken or a
         worker fails before it starts serving (it would fail the same way on every restart)."""
-        # Bound (not listening) for as long as the service runs: a taken address fails here,
-        # at once, and no program without SO_REUSEPORT can take the port between restarts.
-        with reuse_port_socket(self.config.host, self.config.port):
+        # Bound for as long as the service runs, so a taken address fails here, at once; the
+        # first worker that has started makes it listen (no connection waits on a worker that
+        # is still loading the model).
+        with bind_socket(self.config.host, self.config.port) as sock:
             previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
             logger.info(
-                "Started parent process [%d]: %d workers, each with its own socket on %s:%d",
+                "Started parent process [%d]: %d workers on %s:%d, connections to the one"
+                " with the fewest",
                 os.getpid(),
                 self.workers,
                 self.config.host,
                 self.config.port,
             )
-            self.processes = [self._start() for _ in range(self.workers)]
+            self.processes = [self._start(sock, index) for index in range(self.workers)]
             try:
                 while not self.signals:
-                    self._replace_failed_workers()
+                    self._replace_failed_workers(sock)
                     time.sleep(CHECK_INTERVAL_S)
                 stop = signal.Signals(self.signals[0]).name
                 logger.info("Received %s, stopping the workers", stop)
@@ -107,12 +282,12 @@ class Supervisor:
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
         self.signals.append(sig)  # acted on by the loop in run(): no logging in a handler
 
-    def _start(self) -> Worker:
-        process = Worker(self.config, [])
+    def _start(self, sock: socket.socket, index: int) -> Worker:
+        process = Worker(self.config, sock, self.loads, index)
         process.start()
         return process
 
-    def _replace_failed_workers(self) -> None:
+    def _replace_failed_workers(self, sock: socket.socket) -> None:
         for index, process in enumerate(self.processes):
             if self.signals:
                 return
@@ -121,6 +296,7 @@ class Supervisor:
             exited = process.exitcode is not None
             process.kill()
             process.join()
+            self.loads[index] = NOT_ACCEPTING  # its connections died with it
             if process.exitcode == STARTUP_FAILURE:
                 raise ConfigError(
                     f"worker process [{process.pid}] failed to start (exit code "
@@ -139,7 +315,7 @@ class Supervisor:
                     process.pid,
                     self.config.timeout_worker_healthcheck,
                 )
-            self.processes[index] = self._start()
+            self.processes[index] = self._start(sock, index)
 
 
 def serve(settings: Settings, workers: int = 1) -> None:
@@ -158,12 +334,12 @@ def serve(settings: Settings, workers: int = 1) -> None:
     _prepare_workers(settings)
     common["timeout_worker_healthcheck"] = settings.worker_healthcheck_timeout
     config = uvicorn.Config(APP, workers=workers, **common)  # also sets up uvicorn's logging
-    if CAN_REUSE_PORT:
+    if CAN_BALANCE:
         Supervisor(config, workers).run()
         return
     logger.warning(
-        "SO_REUSEPORT is not available on this system: the %d workers share one socket and"
-        " whichever wakes first accepts, so one of them may get most connections",
+        "On this system the %d workers share one socket and whichever wakes first accepts,"
+        " so one of them may get most connections",
         workers,
     )
     Multiprocess(config, sockets=[config.bind_socket()]).run()
