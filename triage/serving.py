@@ -87,10 +87,16 @@ class ConnectionSet(set[Any]):
         super().discard(connection)
         self.on_change()
 
+    def remove(self, connection: Any) -> None:
+        super().remove(connection)
+        self.on_change()
+
 
 def readable(sock: socket.socket) -> bool:
     """Whether a connection waits on the listening socket (without blocking)."""
-    return bool(select.select([sock], [], [], 0)[0])
+    poller = select.poll()  # not select(), which fails for descriptors above 1023
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class LeastConnectionsAcceptor:
