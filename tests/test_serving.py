@@ -4,6 +4,8 @@ the one with the fewest; run for real on loopback, and the acceptor in this proc
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import os
 import signal
 import socket
@@ -15,6 +17,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +29,7 @@ from triage.cli import main
 from triage.serving import (
     MAX_PASSES,
     NOT_ACCEPTING,
+    PAUSE_S,
     RETRY_S,
     ConnectionSet,
     LeastConnectionsAcceptor,
@@ -113,10 +117,10 @@ def test_workers_share_connections_replace_a_dead_one_and_stop_on_sigterm(
     server: Server,
 ) -> None:
     # One test, so that the workers start (imports, model) once.
-    pids = server.wait_for_workers(2)
-    workers = set(pids)
+    workers = set(server.wait_for_workers(2))
     assert server.process.pid not in workers  # the parent only supervises
-    # Kept-open connections alternate: each goes to the worker with fewer.
+    # With both serving, kept-open connections alternate: each goes to the worker with fewer.
+    pids = server.worker_pids(4)
     assert sorted(pids.count(pid) for pid in workers) == [2, 2]
     killed = min(workers)
     os.kill(killed, signal.SIGKILL)
@@ -193,6 +197,7 @@ def test_connections_go_to_the_acceptor_with_the_fewest_and_none_waits_on_a_stop
     async def scenario() -> None:
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
         address = listener.getsockname()
         loads = [NOT_ACCEPTING] * 2  # stands in for the array the processes share
         served = [ConnectionSet(), ConnectionSet()]
@@ -203,7 +208,7 @@ def test_connections_go_to_the_acceptor_with_the_fewest_and_none_waits_on_a_stop
             for i in range(2)
         ]
         for acceptor in acceptors:
-            acceptor.start(backlog=16)
+            acceptor.start()
         listener.close()
         clients = []
 
@@ -223,35 +228,77 @@ def test_connections_go_to_the_acceptor_with_the_fewest_and_none_waits_on_a_stop
         fewer = [len(s) for s in served].index(2)
         await connect()
         assert [len(s) for s in served] == [3, 3] and fewer in (0, 1)
-        acceptors[fewer].close()  # stopping: the other takes every new connection
+        await acceptors[fewer].close()  # stopping: the other takes every new connection
         assert loads[fewer] == NOT_ACCEPTING
         for _ in range(2):
             await connect()
         assert len(served[1 - fewer]) == 5
-        acceptors[1 - fewer].close()
+        await acceptors[1 - fewer].close()
         for _, writer in clients:
             writer.close()
 
     asyncio.run(scenario())
 
 
-def test_an_acceptor_takes_the_connection_itself_when_a_less_loaded_one_never_does() -> None:
+def test_a_peer_that_never_accepts_is_passed_over_until_its_count_moves() -> None:
     async def scenario() -> None:
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        address = listener.getsockname()
         busy = ConnectionSet()
         busy.add(Connection(busy))  # already holds one connection
         loads = [NOT_ACCEPTING, 0]  # worker 1 has none but hangs: it never accepts
         acceptor = LeastConnectionsAcceptor(listener, loads, 0, busy, partial(Connection, busy))
-        acceptor.start(backlog=16)
-        started = time.monotonic()
-        _, writer = await asyncio.open_connection(*listener.getsockname())
-        while len(busy) == 1 or acceptor.handshakes:
-            await asyncio.sleep(0.001)
-        waited = time.monotonic() - started
-        assert waited >= MAX_PASSES * RETRY_S  # it left the connection to worker 1 first
+        acceptor.start()
+
+        async def connect() -> float:
+            """Seconds until the acceptor has taken one more connection."""
+            before, started = len(busy), time.monotonic()
+            clients.append(await asyncio.open_connection(*address))
+            while len(busy) == before or acceptor.handshakes:
+                await asyncio.sleep(0.001)
+            return time.monotonic() - started
+
+        clients: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        assert await connect() >= MAX_PASSES * RETRY_S  # left to worker 1 first
         assert loads[0] == 2
-        writer.close()
-        acceptor.close()
+        assert await connect() < MAX_PASSES * RETRY_S  # worker 1 is passed over now
+        loads[1] = 1  # worker 1 took a connection: it is alive, and has fewer again
+        assert await connect() >= MAX_PASSES * RETRY_S
+        for _, writer in clients:
+            writer.close()
+        await acceptor.close()
 
     asyncio.run(scenario())
+
+
+class OutOfDescriptors(socket.socket):
+    """A listening socket whose every accept fails as when the process has no descriptor left."""
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+
+def test_an_acceptor_out_of_descriptors_pauses_instead_of_spinning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        listener = OutOfDescriptors()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        served = ConnectionSet()
+        acceptor = LeastConnectionsAcceptor(
+            listener, [NOT_ACCEPTING], 0, served, partial(Connection, served)
+        )
+        acceptor.start()
+        _, writer = await asyncio.open_connection(*listener.getsockname())
+        await asyncio.sleep(0.2)  # the connection waits in the queue all this time
+        assert acceptor.retry is not None and PAUSE_S > 0.2  # paused, to look again later
+        writer.close()
+        await acceptor.close()
+
+    with caplog.at_level(logging.WARNING, logger="uvicorn.error"):
+        asyncio.run(scenario())
+    refusals = [r for r in caplog.records if "cannot accept connections" in r.getMessage()]
+    assert len(refusals) == 1

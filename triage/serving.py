@@ -12,6 +12,7 @@ address: both left one worker with more connections, and its queue set the laten
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import multiprocessing
 import os
@@ -21,6 +22,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from ssl import SSLContext
 from types import FrameType
 from typing import Any, Protocol
 
@@ -44,10 +46,15 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # A worker's entry in the shared array while it accepts nothing (starting, stopping, dead).
 NOT_ACCEPTING = -1
 # How soon a worker that left a waiting connection to a less-loaded one looks again, and how
-# many times in a row it does so before it takes the connection itself (a worker that hangs
-# with few connections must not keep new ones waiting).
+# many times in a row it does so before it takes the connection itself. A peer that let a
+# connection wait that long is passed over until its count moves: a worker that hangs with
+# few connections must not hold up new ones.
 RETRY_S = 0.001
 MAX_PASSES = 50
+# How long a worker stops accepting when the system refuses it a connection (out of file
+# descriptors or memory): the waiting connections stay queued meanwhile.
+PAUSE_S = 1.0
+RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class Loads(Protocol):
@@ -58,13 +65,14 @@ class Loads(Protocol):
     def __len__(self) -> int: ...
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (not yet listening)."""
+def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
+    """A TCP socket listening on ``host:port``."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
@@ -111,11 +119,13 @@ class LeastConnectionsAcceptor:
         index: int,
         connections: ConnectionSet,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
+        ssl: SSLContext | None = None,
     ) -> None:
         self.sock, self.loads, self.index = sock, loads, index
-        self.connections, self.protocol_factory = connections, protocol_factory
+        self.connections, self.protocol_factory, self.ssl = connections, protocol_factory, ssl
         self.loop = asyncio.get_running_loop()
         self.passes = 0  # connections left to another worker in a row
+        self.passed_over: dict[int, int] = {}  # peer -> its count when it let one wait
         self.retry: asyncio.TimerHandle | None = None
         self.handshakes: set[asyncio.Task[Any]] = set()  # accepted, not yet connections
         self.accepting = False
@@ -127,47 +137,69 @@ class LeastConnectionsAcceptor:
         if self.accepting:
             self.loads[self.index] = self.load()
 
-    def start(self, backlog: int) -> None:
+    def start(self) -> None:
+        """Watch the socket (already listening)."""
         self.sock.setblocking(False)
-        self.sock.listen(backlog)
         self.accepting = True
         self.connections.on_change = self.publish
         self.publish()
         self.loop.add_reader(self.sock.fileno(), self._on_readable)
 
-    def close(self) -> None:
-        """Accept no more (connections already accepted stay open)."""
+    async def close(self) -> None:
+        """Accept no more; returns once the connections accepted so far are open, so that a
+        graceful shutdown reaches them too."""
         self.accepting = False
         self.loads[self.index] = NOT_ACCEPTING
-        if self.retry is not None:
-            self.retry.cancel()
-        self.loop.remove_reader(self.sock.fileno())
+        self._pause()
         self.sock.close()
+        if self.handshakes:
+            await asyncio.wait(self.handshakes)
 
-    def _busier_than_another(self, mine: int) -> bool:
-        others = (self.loads[i] for i in range(len(self.loads)) if i != self.index)
-        return any(NOT_ACCEPTING < load < mine for load in others)
+    def _less_loaded_peers(self, mine: int) -> list[int]:
+        """The peers that accept, hold fewer connections and have not been passed over."""
+        peers = []
+        for i in range(len(self.loads)):
+            if i == self.index:
+                continue
+            load = self.loads[i]
+            if i in self.passed_over and self.passed_over[i] != load:
+                del self.passed_over[i]  # its count moved: it is alive again
+            if NOT_ACCEPTING < load < mine and i not in self.passed_over:
+                peers.append(i)
+        return peers
 
     def _on_readable(self) -> None:
         mine = self.load()
         self.loads[self.index] = mine
-        if self.passes < MAX_PASSES and self._busier_than_another(mine):
+        peers = self._less_loaded_peers(mine)
+        if peers and self.passes < MAX_PASSES:
             self.passes += 1
-            self.loop.remove_reader(self.sock.fileno())
+            self._pause()
             self.retry = self.loop.call_later(RETRY_S, self._resume)
             return
+        if peers:  # they let the connection wait for MAX_PASSES retries
+            self.passed_over.update((i, self.loads[i]) for i in peers)
         try:
             conn, _ = self.sock.accept()
-        except (BlockingIOError, InterruptedError):  # another worker took it
-            return
-        except OSError as exc:  # out of file descriptors, say: the connection waits
-            logger.warning("accepting a connection failed: %s", exc)
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return  # another worker took it, or the client gave up
+        except OSError as exc:
+            if exc.errno in RESOURCE_ERRORS:
+                logger.warning("cannot accept connections for %.0f s: %s", PAUSE_S, exc)
+                self._pause()
+                self.retry = self.loop.call_later(PAUSE_S, self._resume)
+            else:  # an error of that one connection (accept(2) passes network errors on)
+                logger.warning("accepting a connection failed: %s", exc)
             return
         self.passes = 0
-        conn.setblocking(False)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # the client reset it already
+            conn.close()
+            return
         handshake = self.loop.create_task(
-            self.loop.connect_accepted_socket(self.protocol_factory, conn)
+            self.loop.connect_accepted_socket(self.protocol_factory, conn, ssl=self.ssl)
         )
         self.handshakes.add(handshake)  # also keeps it alive: the loop holds tasks weakly
         handshake.add_done_callback(self._handshake_done)
@@ -179,9 +211,15 @@ class LeastConnectionsAcceptor:
         if not handshake.cancelled() and handshake.exception() is not None:
             logger.debug("a connection closed before it was served: %s", handshake.exception())
 
+    def _pause(self) -> None:
+        if self.retry is not None:
+            self.retry.cancel()
+            self.retry = None
+        self.loop.remove_reader(self.sock.fileno())
+
     def _resume(self) -> None:
         self.retry = None
-        if not readable(self.sock):  # the other worker took it: this episode is over
+        if not readable(self.sock):  # another worker took it: this episode is over
             self.passes = 0
         self.loop.add_reader(self.sock.fileno(), self._on_readable)
 
@@ -213,14 +251,14 @@ class BalancedServer(uvicorn.Server):
         self.servers = []  # nothing for uvicorn's shutdown to close: the acceptor is ours
         assert isinstance(state.connections, ConnectionSet)
         self.acceptor = LeastConnectionsAcceptor(
-            sockets[0], self.loads, self.index, state.connections, protocol
+            sockets[0], self.loads, self.index, state.connections, protocol, config.ssl
         )
-        self.acceptor.start(config.backlog)
+        self.acceptor.start()
         self.started = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self.acceptor is not None:
-            self.acceptor.close()
+            await self.acceptor.close()
         await super().shutdown(sockets)
 
 
@@ -256,10 +294,9 @@ class Supervisor:
     def run(self) -> None:
         """Serve until SIGINT or SIGTERM. Raises ConfigError when the address is taken or a
         worker fails before it starts serving (it would fail the same way on every restart)."""
-        # Bound for as long as the service runs, so a taken address fails here, at once; the
-        # first worker that has started makes it listen (no connection waits on a worker that
-        # is still loading the model).
-        with bind_socket(self.config.host, self.config.port) as sock:
+        # Listening for as long as the service runs, so a taken address fails here, at once
+        # (connections that arrive while the workers load the model wait in its queue).
+        with listening_socket(self.config.host, self.config.port, self.config.backlog) as sock:
             previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
             logger.info(
                 "Started parent process [%d]: %d workers on %s:%d, connections to the one"
