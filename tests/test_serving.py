@@ -180,6 +180,14 @@ def test_where_workers_cannot_balance_uvicorn_supervises_one_shared_socket(
     assert os.environ["TRIAGE_PORT"] == str(port)
 
 
+def loopback_listener(kind: type[socket.socket] = socket.socket) -> socket.socket:
+    """A socket of ``kind`` listening on a free loopback port."""
+    listener = kind()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    return listener
+
+
 class Connection(asyncio.Protocol):
     """Stands in for uvicorn's HTTP protocol: in ``open`` from connection to loss."""
 
@@ -195,9 +203,7 @@ class Connection(asyncio.Protocol):
 
 def test_connections_go_to_the_acceptor_with_the_fewest_and_none_waits_on_a_stopped_one() -> None:
     async def scenario() -> None:
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
+        listener = loopback_listener()
         address = listener.getsockname()
         loads = [NOT_ACCEPTING] * 2  # stands in for the array the processes share
         served = [ConnectionSet(), ConnectionSet()]
@@ -242,9 +248,7 @@ def test_connections_go_to_the_acceptor_with_the_fewest_and_none_waits_on_a_stop
 
 def test_a_peer_that_never_accepts_is_passed_over_until_its_count_moves() -> None:
     async def scenario() -> None:
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
+        listener = loopback_listener()
         address = listener.getsockname()
         busy = ConnectionSet()
         busy.add(Connection(busy))  # already holds one connection
@@ -284,9 +288,7 @@ def test_an_acceptor_out_of_descriptors_pauses_instead_of_spinning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def scenario() -> None:
-        listener = OutOfDescriptors()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
+        listener = loopback_listener(OutOfDescriptors)
         served = ConnectionSet()
         acceptor = LeastConnectionsAcceptor(
             listener, [NOT_ACCEPTING], 0, served, partial(Connection, served)
