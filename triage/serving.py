@@ -231,7 +231,8 @@ class BalancedServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, loads: Loads, index: int) -> None:
         super().__init__(config)
         self.loads, self.index = loads, index
-        self.server_state.connections = ConnectionSet()
+        self.connections = ConnectionSet()
+        self.server_state.connections = self.connections  # uvicorn's protocols keep it
         self.acceptor: LeastConnectionsAcceptor | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -249,9 +250,8 @@ class BalancedServer(uvicorn.Server):
             return made
 
         self.servers = []  # nothing for uvicorn's shutdown to close: the acceptor is ours
-        assert isinstance(state.connections, ConnectionSet)
         self.acceptor = LeastConnectionsAcceptor(
-            sockets[0], self.loads, self.index, state.connections, protocol, config.ssl
+            sockets[0], self.loads, self.index, self.connections, protocol, config.ssl
         )
         self.acceptor.start()
         self.started = True
