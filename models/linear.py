@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -23,6 +24,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from triage.cues import CueLexicon, load_cue_lexicon_file
@@ -41,6 +43,9 @@ CUES_FILE = "cue_lexicon.json"
 FORMAT_VERSION = 2
 # scikit-learn solvers that fit multinomial logistic regression on sparse rows with weights.
 SOLVERS = ("newton-cg", "lbfgs", "sag", "saga")
+# Solvers whose ``max_iter`` counts passes over the rows: stopping at the cap is the intended
+# stopping rule, not a failure to warn about.
+EPOCH_SOLVERS = ("sag", "saga")
 # How a model saved before a LinearConfig field existed was trained: it loads with these.
 SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {
     "polarity_lexicon": False,
@@ -75,11 +80,14 @@ class LinearConfig:
         }
     )
     class_weight: str | None = "balanced"
-    max_iter: int = 3000
-    # Newton-CG reaches the same optimum as L-BFGS in a few iterations and holds no 10-pair
-    # history of the weights (the memory a 69-class head needed): docs/benchmarks.md,
-    # "Training time".
-    solver: str = "newton-cg"
+    # The solver's iteration cap: for "sag" and "saga", passes over a head's rows.
+    max_iter: int = 30
+    # Stochastic average gradient: the same objective as Newton-CG (session 6-10's solver),
+    # approached one row at a time. 30 passes leave held-out accuracy and log-loss of every
+    # head where Newton-CG's optimum has them, and fit the 73-class situation head about five
+    # times faster (docs/benchmarks.md §11, session 11). With "newton-cg" or "lbfgs", raise
+    # ``max_iter`` (3000 before session 11).
+    solver: str = "sag"
     # Per head, the share of its training rows a column must occur in to get any weight
     # (scikit-learn's proportional ``min_df``). Set for the slow heads: on held-out training
     # rows, 0.0002 (at least 3 rows of each of the seed corpus's heads) scored as well as or
@@ -456,13 +464,16 @@ FittedHead = tuple[NDArray[np.int64], FloatArray, FloatArray]
 
 def fit_head(job: HeadFit) -> FittedHead:
     """Fit one head (in this process or a worker's)."""
-    classifier = LogisticRegression(**job.classifier)
-    classifier.fit(job.features, job.y, sample_weight=job.weights)
-    if not job.two_labels:
-        return classifier.classes_, classifier.coef_, classifier.intercept_
-    coef, intercept = with_naive_bayes_view(
-        classifier, job.features, job.y, job.weights, job.naive_bayes_c, job.naive_bayes_share
-    )
+    with warnings.catch_warnings():
+        if job.classifier["solver"] in EPOCH_SOLVERS:
+            warnings.simplefilter("ignore", ConvergenceWarning)
+        classifier = LogisticRegression(**job.classifier)
+        classifier.fit(job.features, job.y, sample_weight=job.weights)
+        if not job.two_labels:
+            return classifier.classes_, classifier.coef_, classifier.intercept_
+        coef, intercept = with_naive_bayes_view(
+            classifier, job.features, job.y, job.weights, job.naive_bayes_c, job.naive_bayes_share
+        )
     return classifier.classes_, coef, intercept
 
 
@@ -556,6 +567,11 @@ class LinearEngine(MetaIdentity):
             data[idf_head].texts if idf_head else [t for h in data.values() for t in h.texts]
         )
         featurizer = Featurizer.fit(config, list(dict.fromkeys(idf_texts)))
+        # Heads share most texts (four corpus heads read the same messages): each distinct
+        # text is featurized once.
+        distinct = list(dict.fromkeys(t for head in data.values() for t in head.texts))
+        row_of = {text: row for row, text in enumerate(distinct)}
+        every_row = featurizer.transform(distinct)
         jobs: dict[str, HeadFit] = {}
         columns: dict[str, NDArray[np.int64]] = {}
         for name, head in data.items():
@@ -568,7 +584,7 @@ class LinearEngine(MetaIdentity):
                     f"LinearConfig.naive_bayes_c: expected heads with two labels (got {name!r},"
                     f" whose labels are {labels})"
                 )
-            features = featurizer.transform(head.texts)
+            features = every_row[[row_of[text] for text in head.texts]]
             columns[name] = _frequent_columns(features, config.min_df.get(name, 0.0))
             jobs[name] = HeadFit(
                 features=features[:, columns[name]],

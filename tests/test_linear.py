@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
+from sklearn.exceptions import ConvergenceWarning
 
 from triage.errors import ConfigError, ModelError
 from triage.models.linear import HeadData, LinearConfig, LinearEngine
@@ -242,7 +244,7 @@ def test_min_df_gives_weight_only_to_columns_in_that_share_of_a_heads_rows():
     assert np.any(fitted.weights[rare, fitted._slices["complaint"]] != 0)
 
 
-@pytest.mark.parametrize("solver", ["lbfgs", "sag", "saga"])
+@pytest.mark.parametrize("solver", ["newton-cg", "lbfgs", "saga"])
 def test_the_configured_solver_fits_every_head(monkeypatch, engine, solver):
     from sklearn.linear_model import LogisticRegression
 
@@ -254,10 +256,42 @@ def test_the_configured_solver_fits_every_head(monkeypatch, engine, solver):
             return super().fit(*args, **kwargs)
 
     monkeypatch.setattr("triage.models.linear.LogisticRegression", Spy)
-    other = LinearEngine.fit(replace(SMALL, solver=solver), _data(), LABEL_SETS)
+    other = LinearEngine.fit(replace(SMALL, solver=solver, max_iter=3000), _data(), LABEL_SETS)
     assert used == [solver] * len(LABEL_SETS)
     for head in LABEL_SETS:
         assert _predicted(other, head, TEXTS) == _predicted(engine, head, TEXTS)
+
+
+def test_each_head_is_fitted_on_its_own_rows_in_its_own_order(monkeypatch):
+    """Texts are featurized once for all heads; every head must still get its rows (repeats
+    and order included) as the featurizer transforms them."""
+    import triage.models.linear as linear
+
+    captured: dict[str, linear.HeadFit] = {}
+
+    def capture(jobs, processes):
+        captured.update(jobs)
+        return {name: linear.fit_head(job) for name, job in jobs.items()}
+
+    monkeypatch.setattr(linear, "fit_heads", capture)
+    reordered = TEXTS[::-1] + TEXTS[:2]
+    data = {
+        "topic": HeadData(TEXTS, TOPICS),
+        "complaint": HeadData(reordered, COMPLAINTS[::-1] + COMPLAINTS[:2]),
+    }
+    fitted = LinearEngine.fit(SMALL, data, LABEL_SETS)
+    for name, head in data.items():
+        expected = fitted.featurizer.transform(head.texts)
+        job = captured[name]
+        used = np.unique(expected.indices)
+        assert (job.features != expected[:, used]).nnz == 0
+
+
+def test_the_pass_cap_of_sag_fits_without_a_convergence_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        fitted = LinearEngine.fit(replace(SMALL, max_iter=2), _data(), LABEL_SETS)
+    assert fitted.config.solver == "sag"
 
 
 def test_sample_weights_change_the_fit():
@@ -294,8 +328,12 @@ def test_naive_bayes_view_scores_a_two_label_head_with_a_weighted_mean_of_both_f
     yes = 1.0 + np.asarray(present[y == 1].sum(axis=0)).ravel()
     no = 1.0 + np.asarray(present[y == 0].sum(axis=0)).ravel()
     ratios = np.log((yes / yes.sum()) / (no / no.sum()))
-    scaled = LogisticRegression(C=8.0, class_weight="balanced", max_iter=3000, solver="newton-cg")
-    scaled.fit(features[:, used].multiply(ratios).tocsr(), y)
+    scaled = LogisticRegression(
+        C=8.0, class_weight="balanced", max_iter=SMALL.max_iter, solver=SMALL.solver, random_state=0
+    )
+    with warnings.catch_warnings():  # 30 passes of "sag": the cap is the stopping rule
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        scaled.fit(features[:, used].multiply(ratios).tocsr(), y)
     texts = [*TEXTS, "快递丢了", "谢谢帮助"]
     unseen = plain.featurizer.transform(texts)[:, used]
     by_hand = unseen.multiply(ratios).tocsr() @ scaled.coef_.ravel() + scaled.intercept_[0]
