@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -363,11 +364,15 @@ class Featurizer:
 
     def weighted(self, texts: Sequence[str]) -> SparseRows:
         """Sublinear TF-IDF, L2-normalised separately over the char and the word columns."""
-        counts = self.counts(texts)
+        return self.weigh(self.counts(texts))
+
+    def weigh(self, counts: SparseRows) -> SparseRows:
+        """``weighted`` of texts already counted (``counts``)."""
         values = (1.0 + np.log(counts.values)) * self._idf[counts.columns]
-        rows = np.repeat(np.arange(len(counts.indptr) - 1), np.diff(counts.indptr))
+        n_texts = len(counts.indptr) - 1
+        rows = np.repeat(np.arange(n_texts), np.diff(counts.indptr))
         block = rows * 2 + (counts.columns >= self.char_width)
-        norms = np.sqrt(np.bincount(block, weights=values * values, minlength=2 * len(texts)))
+        norms = np.sqrt(np.bincount(block, weights=values * values, minlength=2 * n_texts))
         values = (values / norms[block]).astype(np.float32)
         return SparseRows(counts.indptr, counts.columns, values, self.n_features)
 
@@ -382,18 +387,29 @@ class Featurizer:
         lexicon: PolarityLexicon | None = None,
         cues: CueLexicon | None = None,
     ) -> Featurizer:
-        unfitted = cls(config, np.ones(1, np.float32), np.ones(1, np.float32), lexicon, cues)
-        counts = unfitted.counts(texts)
-        document_frequency = np.bincount(counts.columns, minlength=unfitted.n_features)
-        n_documents = len(texts)
+        """A featurizer with the document frequencies of ``texts``."""
+        unfitted = cls.unfitted(config, lexicon, cues)
+        return unfitted.with_document_frequencies(unfitted.counts(texts).to_csr())
+
+    @classmethod
+    def unfitted(
+        cls,
+        config: LinearConfig,
+        lexicon: PolarityLexicon | None = None,
+        cues: CueLexicon | None = None,
+    ) -> Featurizer:
+        """A featurizer that can count n-grams but has no document frequencies yet."""
+        return cls(config, np.ones(1, np.float32), np.ones(1, np.float32), lexicon, cues)
+
+    def with_document_frequencies(self, documents: sp.csr_matrix) -> Featurizer:
+        """This featurizer's counting with the smoothed IDF of ``documents`` (n-gram counts,
+        one row per document)."""
+        document_frequency = np.bincount(documents.indices, minlength=self.n_features)
+        n_documents = documents.shape[0]
         smoothed: FloatArray = np.log((1 + n_documents) / (1 + document_frequency)) + 1
         idf = smoothed.astype(np.float32)
-        return cls(
-            config,
-            idf[: unfitted.char_width],
-            idf[unfitted.char_width :],
-            unfitted.lexicon,
-            unfitted.cues,
+        return Featurizer(
+            self.config, idf[: self.char_width], idf[self.char_width :], self.lexicon, self.cues
         )
 
 
@@ -477,10 +493,33 @@ def fit_head(job: HeadFit) -> FittedHead:
     return classifier.classes_, coef, intercept
 
 
-def fit_heads(jobs: dict[str, HeadFit], processes: int) -> dict[str, FittedHead]:
-    """Fit every head, ``processes`` at a time. The costliest start first (the 69-class
-    situation head takes most of training), so the others fit beside it. Each fit is the same
-    computation wherever it runs: the result does not depend on ``processes``."""
+# Solver work (``HeadFit.cost`` summed over the heads) below which starting worker interpreters
+# costs more than fitting heads side by side saves: about 7 s of fitting on the 2-core machine
+# of docs/benchmarks.md §11, where the default model's heads cost about 15 times as much.
+PARALLEL_FIT_MIN_COST = 50_000_000
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity where the platform reports it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def automatic_processes(jobs: dict[str, HeadFit]) -> int:
+    """One worker per available core, at most one per head, when the heads are worth it."""
+    if sum(job.cost for job in jobs.values()) < PARALLEL_FIT_MIN_COST:
+        return 1
+    return max(1, min(available_cores(), len(jobs)))
+
+
+def fit_heads(jobs: dict[str, HeadFit], processes: int | None) -> dict[str, FittedHead]:
+    """Fit every head, ``processes`` at a time (None: ``automatic_processes``). The costliest
+    start first (the 73-class situation head takes most of training), so the others fit beside
+    it. Each fit is the same computation wherever it runs: the result does not depend on
+    ``processes``."""
+    if processes is None:
+        processes = automatic_processes(jobs)
     if processes < 1:
         raise ConfigError(f"processes: expected a positive integer (got {processes!r})")
     if processes == 1 or len(jobs) == 1:
@@ -554,24 +593,27 @@ class LinearEngine(MetaIdentity):
         *,
         seed: int = 0,
         idf_head: str | None = None,
-        processes: int = 1,
+        processes: int | None = 1,
     ) -> LinearEngine:
         """Fit the featurizer, then one logistic regression per head.
 
         Document frequencies come from ``idf_head``'s texts when given (the in-domain corpus,
         so that auxiliary rows of another domain do not reweight its features), else from all.
         With ``processes`` above 1 the heads are fitted that many at a time in worker
-        processes; the model is the same as fitted one after another.
+        processes (None: as many as ``automatic_processes`` finds worth it); the model is the
+        same as fitted one after another.
         """
-        idf_texts = (
-            data[idf_head].texts if idf_head else [t for h in data.values() for t in h.texts]
-        )
-        featurizer = Featurizer.fit(config, list(dict.fromkeys(idf_texts)))
         # Heads share most texts (four corpus heads read the same messages): each distinct
-        # text is featurized once.
+        # text is counted once, for the document frequencies and for every head's rows.
         distinct = list(dict.fromkeys(t for head in data.values() for t in head.texts))
         row_of = {text: row for row, text in enumerate(distinct)}
-        every_row = featurizer.transform(distinct)
+        unfitted = Featurizer.unfitted(config)
+        counts = unfitted.counts(distinct)
+        idf_texts = data[idf_head].texts if idf_head else distinct
+        featurizer = unfitted.with_document_frequencies(
+            counts.to_csr()[[row_of[text] for text in dict.fromkeys(idf_texts)]]
+        )
+        every_row = featurizer.weigh(counts).to_csr()
         jobs: dict[str, HeadFit] = {}
         columns: dict[str, NDArray[np.int64]] = {}
         for name, head in data.items():

@@ -15,7 +15,7 @@ from safetensors.numpy import load_file
 from sklearn.exceptions import ConvergenceWarning
 
 from triage.errors import ConfigError, ModelError
-from triage.models.linear import HeadData, LinearConfig, LinearEngine
+from triage.models.linear import Featurizer, HeadData, LinearConfig, LinearEngine
 
 TEXTS = [
     "快递三天还没到",
@@ -201,6 +201,40 @@ def test_heads_fitted_in_worker_processes_save_the_same_model(tmp_path):
     for name, tensor in first.items():
         np.testing.assert_array_equal(tensor, second[name], err_msg=name)
     assert sequential.version == concurrent.version
+
+
+@pytest.mark.parametrize(
+    ("idf_head", "idf_texts"), [("topic", TEXTS), (None, TEXTS + SENTIMENT_ONLY)]
+)
+def test_document_frequencies_come_from_the_idf_heads_texts(idf_head, idf_texts):
+    """Texts are counted once for the frequencies and the rows; the frequencies must still be
+    those of the idf head's distinct texts (every head's when none is named)."""
+    data = {**_data(), "complaint": HeadData(TEXTS + TEXTS[:3], COMPLAINTS + COMPLAINTS[:3])}
+    fitted = LinearEngine.fit(SMALL, data, LABEL_SETS, idf_head=idf_head)
+    reference = Featurizer.fit(SMALL, idf_texts)
+    np.testing.assert_array_equal(fitted.featurizer.idf_char, reference.idf_char)
+    np.testing.assert_array_equal(fitted.featurizer.idf_word, reference.idf_word)
+    assert (fitted.featurizer.transform(TEXTS) != reference.transform(TEXTS)).nnz == 0
+
+
+def test_automatic_processes_start_workers_only_for_heads_worth_it(monkeypatch):
+    import triage.models.linear as linear
+
+    monkeypatch.setattr(linear, "available_cores", lambda: 4)
+    captured: dict[str, linear.HeadFit] = {}
+
+    def capture(jobs, processes):
+        captured.update(jobs)
+        return {name: linear.fit_head(job) for name, job in jobs.items()}
+
+    monkeypatch.setattr(linear, "fit_heads", capture)
+    LinearEngine.fit(SMALL, _data(), LABEL_SETS)
+    small = sum(job.cost for job in captured.values())
+    assert linear.automatic_processes(captured) == 1  # a tiny corpus: not worth a worker
+    monkeypatch.setattr(linear, "PARALLEL_FIT_MIN_COST", small)
+    assert linear.automatic_processes(captured) == 3  # one per head, below the 4 cores
+    monkeypatch.setattr(linear, "available_cores", lambda: 2)
+    assert linear.automatic_processes(captured) == 2
 
 
 def test_fitting_needs_at_least_one_process():

@@ -46,19 +46,19 @@ class TrainArguments:
     linear: LinearConfig = field(default_factory=LinearConfig)
     # Reply situations of labeled training messages (for the situation head); None: no head.
     situation_labels_path: Path | None = field(default_factory=seed_situations_path)
-    # Heads fitted at once, each in a worker process (1: one after another in this process);
-    # the model is the same either way. Only worth it with idle cores: on the shared 2-core
-    # machine of docs/benchmarks.md §11 (session 9) two processes trained more slowly.
-    processes: int = 1
+    # Heads fitted at once, each in a worker process (1: one after another in this process;
+    # None: one per available core when the heads are big enough to repay starting workers,
+    # ``automatic_processes``). The model is the same either way.
+    processes: int | None = None
 
     def __post_init__(self) -> None:
-        if (
+        if self.processes is not None and (
             not isinstance(self.processes, int)
             or isinstance(self.processes, bool)
             or not 1 <= self.processes <= 64
         ):
             raise ConfigError(
-                f"TrainArguments.processes: expected an integer from 1 to 64 "
+                f"TrainArguments.processes: expected None or an integer from 1 to 64 "
                 f"(got {self.processes!r})"
             )
         if not 0.0 < self.review_corpus_weight <= 10.0:

@@ -295,8 +295,9 @@ def _member(value: str) -> tuple[str, Path]:
 @click.option(
     "--processes",
     type=int,
-    help="linear: heads fitted at once, each in a worker process (default 1; the model is the "
-    "same for any number; more help only with idle cores).",
+    help="linear: heads fitted at once, each in a worker process (default: one per core when "
+    "the corpus is large enough to repay starting them; 1: all in this process; the model is "
+    "the same for any number).",
 )
 @click.option("--register", is_flag=True, help="Also add the saved model to the registry.")
 @click.option(
