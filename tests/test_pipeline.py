@@ -167,12 +167,13 @@ def test_p1_cue_raises_model_urgency_and_is_explained(small_pipeline):
 
 def test_gated_floor_below_its_gate_is_skipped_and_explained(small_pipeline):
     lexicon = _gated(small_pipeline, "safety", {"min_model_probability": 0.2})
-    result = _fixed(small_pipeline, {"P1": 0.1, "P4": 0.9}, lexicon).triage_one("热水器漏电了")
+    low = round(small_pipeline.thresholds.top_urgency_probability / 2, 2)  # below every gate
+    result = _fixed(small_pipeline, {"P1": low, "P4": 1 - low}, lexicon).triage_one("热水器漏电了")
     assert [c.kind for c in result.cues] == ["safety"]  # the cue is still reported
     assert result.urgency == "P4"
     assert (
-        "cue safety: '漏电' did not raise urgency to P1: model P(P1 or more urgent) 0.10 < 0.20"
-        in result.explanation
+        f"cue safety: '漏电' did not raise urgency to P1: model P(P1 or more urgent) {low:.2f}"
+        " < 0.20" in result.explanation
     )
 
 
@@ -191,9 +192,10 @@ def test_gated_floor_at_its_gate_applies_and_says_so(small_pipeline):
 
 def test_gate_counts_more_urgent_levels_too(small_pipeline):
     lexicon = _gated(small_pipeline, "anger", {"min_model_probability": 0.3})
-    probabilities = {"P1": 0.1, "P2": 0.25, "P4": 0.65}
+    low = round(small_pipeline.thresholds.top_urgency_probability / 2, 2)  # no P1 by threshold
+    probabilities = {"P1": low, "P2": 0.28, "P4": 0.72 - low}
     result = _fixed(small_pipeline, probabilities, lexicon).triage_one("你们真是太过分了")
-    assert result.urgency == "P2"  # P(P2 or P1) = 0.35 reaches the gate; P(P2) alone would not
+    assert result.urgency == "P2"  # P(P2 or P1) reaches the gate 0.3; P(P2) = 0.28 alone would not
 
 
 @pytest.mark.parametrize(("complaint", "urgency"), [(0.9, "P1"), (0.1, "P4")])
