@@ -494,8 +494,8 @@ def fit_head(job: HeadFit) -> FittedHead:
 
 
 # Solver work (``HeadFit.cost`` summed over the heads) below which starting worker interpreters
-# costs more than fitting heads side by side saves: about 7 s of fitting on the 2-core machine
-# of docs/benchmarks.md §11, where the default model's heads cost about 15 times as much.
+# (a few seconds each) is not worth it. The seed corpus's heads cost about 750 million and took
+# 109 s to fit one after another (docs/benchmarks.md §11, session 12), so this is roughly 7 s.
 PARALLEL_FIT_MIN_COST = 50_000_000
 
 
