@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-## Install, train the default model on first start (about 2 minutes), serve on 127.0.0.1:8000.
+## Install, train the default model on first start (about 3 minutes), serve on 127.0.0.1:8000.
 serve: install
 	$(BIN)/triage serve
 

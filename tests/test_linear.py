@@ -41,10 +41,12 @@ LABEL_SETS = {
     "complaint": ["no", "yes"],
 }
 
+# The linear heads alone (the hidden layer has tests of its own below).
 SMALL = LinearConfig(
     char_features_log2=16,
     word_features_log2=16,
     regularization_c={"topic": 100.0, "sentiment": 100.0, "complaint": 100.0},
+    hidden_share={},
 )
 
 
@@ -107,6 +109,14 @@ def test_default_config_is_valid_and_has_no_non_defaults():
         ({"naive_bayes_share": True}, "naive_bayes_share", "True"),
         ({"naive_bayes_c": {"polarity": float("nan")}}, "naive_bayes_c", "nan"),
         ({"regularization_c": {"topic": float("inf")}}, "regularization_c", "inf"),
+        ({"hidden_share": {"topic": 0.0}}, "hidden_share", "0.0"),
+        ({"hidden_share": {"topic": 1.5}}, "hidden_share", "1.5"),
+        ({"hidden_share": 0.5}, "hidden_share", "0.5"),
+        ({"hidden_units": 0}, "hidden_units", "0"),
+        ({"hidden_epochs": 1.5}, "hidden_epochs", "1.5"),
+        ({"hidden_learning_rate": 0.0}, "hidden_learning_rate", "0.0"),
+        ({"hidden_dropout": 1.0}, "hidden_dropout", "1.0"),
+        ({"hidden_min_df": "0.1"}, "hidden_min_df", "'0.1'"),
     ],
 )
 def test_config_rejects_bad_values_quoting_them(kwargs, field, shown):
@@ -221,18 +231,18 @@ def test_automatic_processes_start_workers_only_for_heads_worth_it(monkeypatch):
     import triage.models.linear as linear
 
     monkeypatch.setattr(linear, "available_cores", lambda: 4)
-    captured: dict[str, linear.HeadFit] = {}
+    captured: dict[str, linear.FitJob] = {}
 
-    def capture(jobs, processes):
+    def capture(jobs, processes, hidden=None):
         captured.update(jobs)
-        return {name: linear.fit_head(job) for name, job in jobs.items()}
+        return {name: linear.fit_head(job) for name, job in jobs.items()}, None
 
     monkeypatch.setattr(linear, "fit_heads", capture)
     LinearEngine.fit(SMALL, _data(), LABEL_SETS)
     small = sum(job.cost for job in captured.values())
     assert linear.automatic_processes(captured) == 1  # a tiny corpus: not worth a worker
     monkeypatch.setattr(linear, "PARALLEL_FIT_MIN_COST", small)
-    assert linear.automatic_processes(captured) == 3  # one per head, below the 4 cores
+    assert linear.automatic_processes(captured) == 3  # one per fit, below the 4 cores
     monkeypatch.setattr(linear, "available_cores", lambda: 2)
     assert linear.automatic_processes(captured) == 2
 
@@ -303,9 +313,9 @@ def test_each_head_is_fitted_on_its_own_rows_in_its_own_order(monkeypatch):
 
     captured: dict[str, linear.HeadFit] = {}
 
-    def capture(jobs, processes):
+    def capture(jobs, processes, hidden=None):
         captured.update(jobs)
-        return {name: linear.fit_head(job) for name, job in jobs.items()}
+        return {name: linear.fit_head(job) for name, job in jobs.items()}, None
 
     monkeypatch.setattr(linear, "fit_heads", capture)
     reordered = TEXTS[::-1] + TEXTS[:2]
@@ -467,12 +477,13 @@ def test_model_saved_before_solver_and_min_df_loads_with_how_it_was_trained(save
     old = tmp_path / "old"
     shutil.copytree(saved, old)
     config = json.loads((old / "config.json").read_text(encoding="utf-8"))
-    for key in ("solver", "min_df", "naive_bayes_c", "naive_bayes_share"):
+    for key in ("solver", "min_df", "naive_bayes_c", "naive_bayes_share", "hidden_share"):
         del config["features"][key]
     (old / "config.json").write_text(json.dumps(config), encoding="utf-8")
     loaded = LinearEngine.load(old)
     assert (loaded.config.solver, loaded.config.min_df) == ("lbfgs", {})
     assert loaded.config.naive_bayes_c == {}
+    assert loaded.config.hidden_share == {} and loaded.hidden is None
 
 
 def test_saving_twice_gives_the_same_version(engine, saved, tmp_path):
@@ -534,3 +545,100 @@ def test_load_of_corrupt_weights_names_the_directory(saved, tmp_path, damage):
         (broken / "config.json").write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(ModelError, match=re.escape(str(broken))):
         LinearEngine.load(broken)
+
+
+# --- the hidden layer ------------------------------------------------------------------------
+
+# Every head learns the shared hidden layer too; its share of the topic head is 1 (the layer's
+# probabilities alone), so that what the layer learned shows there unmixed.
+HIDDEN = replace(
+    SMALL,
+    hidden_share={"topic": 1.0, "sentiment": 0.5, "complaint": 0.5},
+    hidden_units=32,
+    hidden_epochs=60,
+    hidden_learning_rate=0.02,
+    hidden_dropout=0.0,
+)
+
+
+@pytest.fixture(scope="module")
+def hidden_engine() -> LinearEngine:
+    return LinearEngine.fit(HIDDEN, _data(), LABEL_SETS)
+
+
+def test_hidden_layer_overfits_a_tiny_training_set(hidden_engine):
+    assert hidden_engine.hidden is not None
+    assert set(hidden_engine.hidden.head_weights) == {"topic", "sentiment", "complaint"}
+    assert _predicted(hidden_engine, "topic", TEXTS) == TOPICS
+    assert _predicted(hidden_engine, "sentiment", SENTIMENT_ONLY) == SENTIMENT_ONLY_LABELS
+
+
+def test_hidden_share_blends_the_layer_with_the_linear_heads(hidden_engine):
+    layer = hidden_engine.hidden
+    assert layer is not None
+    features = hidden_engine.featurizer.weighted(TEXTS)
+    from_layer = layer.predict_proba(features.indptr, features.columns, features.values)
+    alone = LinearEngine(
+        HIDDEN,
+        hidden_engine.featurizer,
+        hidden_engine.heads,
+        hidden_engine.weights,
+        hidden_engine.biases,
+    ).predict_proba(TEXTS)
+    blended = hidden_engine.predict_proba(TEXTS)
+    np.testing.assert_allclose(blended["topic"], from_layer["topic"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        blended["sentiment"], 0.5 * alone["sentiment"] + 0.5 * from_layer["sentiment"], atol=1e-6
+    )
+    assert not np.allclose(alone["topic"], from_layer["topic"], atol=1e-3)
+
+
+def test_hidden_layer_gives_labels_absent_from_training_no_probability(hidden_engine):
+    other = LABEL_SETS["topic"].index("other")
+    assert np.all(hidden_engine.predict_proba([*TEXTS, "没见过"])["topic"][:, other] < 1e-6)
+
+
+def test_hidden_layer_batch_predictions_equal_single_text_predictions(hidden_engine):
+    texts = [*TEXTS, "新的一句话:快递呢?", "退款"]
+    batch = hidden_engine.predict_proba(texts)
+    for i, text in enumerate(texts):
+        single = hidden_engine.predict_proba([text])
+        for head in LABEL_SETS:
+            np.testing.assert_array_equal(single[head][0], batch[head][i])
+
+
+def test_hidden_layer_fit_is_deterministic_in_one_process_or_two(tmp_path):
+    LinearEngine.fit(HIDDEN, _data(), LABEL_SETS, processes=1).save(tmp_path / "one")
+    LinearEngine.fit(HIDDEN, _data(), LABEL_SETS, processes=2).save(tmp_path / "two")
+    first = load_file(str(tmp_path / "one" / "model.safetensors"))
+    second = load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert first.keys() == second.keys()
+    assert {"hidden.embedding", "hidden.columns", "hidden.heads.topic.weight"} <= first.keys()
+    for name, tensor in first.items():
+        np.testing.assert_array_equal(tensor, second[name], err_msg=name)
+
+
+def test_hidden_layer_survives_save_and_load(hidden_engine, tmp_path):
+    loaded = LinearEngine.load(hidden_engine.save(tmp_path / "model"))
+    texts = [*TEXTS, *SENTIMENT_ONLY, "快递"]
+    before, after = hidden_engine.predict_proba(texts), loaded.predict_proba(texts)
+    for head in before:
+        np.testing.assert_array_equal(before[head], after[head])
+    assert loaded.config == hidden_engine.config
+
+
+def test_hidden_layer_learns_only_the_listed_heads_the_data_has():
+    data = {"sentiment": HeadData(TEXTS, SENTIMENTS)}
+    fitted = LinearEngine.fit(HIDDEN, data, {"sentiment": LABEL_SETS["sentiment"]})
+    assert fitted.hidden is not None and set(fitted.hidden.head_weights) == {"sentiment"}
+    unlisted = LinearEngine.fit(replace(HIDDEN, hidden_share={"urgency": 0.5}), _data(), LABEL_SETS)
+    assert unlisted.hidden is None
+
+
+def test_hidden_layer_gives_embedding_rows_only_to_columns_in_hidden_min_df_of_its_rows():
+    fitted = LinearEngine.fit(replace(HIDDEN, hidden_min_df=0.25), _data(), LABEL_SETS)
+    assert fitted.hidden is not None
+    counts = fitted.featurizer.counts(["退", "丢"])
+    frequent, rare = (int(counts.columns[counts.indptr[row]]) for row in (0, 1))
+    columns = set(fitted.hidden.columns.tolist())
+    assert frequent in columns and rare not in columns

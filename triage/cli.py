@@ -53,7 +53,7 @@ def _announce_training(settings: Settings) -> None:
     reason = pending_training(settings)
     if reason is not None:
         click.echo(
-            f"{reason}: training the default model from the seed corpus (about 2 minutes)",
+            f"{reason}: training the default model from the seed corpus (about 3 minutes)",
             err=True,
         )
 
