@@ -109,8 +109,8 @@ class HiddenLayerFit:
         return int(self.features.nnz) * self.units * self.epochs
 
     def run(self) -> HiddenLayer:
-        # One BLAS thread: the products are small, and beside the linear heads' fits on the
-        # other cores, waiting BLAS threads only took CPU from them.
+        # One BLAS thread: the products are small, and the heads fitting beside this layer in
+        # other worker processes use the other cores.
         with threadpool_limits(limits=1):
             return train_hidden_layer(self)
 
