@@ -177,8 +177,10 @@ def test_empty_batch_gives_empty_rows(engine):
     }
 
 
-def test_batch_predictions_equal_single_text_predictions(engine):
+@pytest.mark.parametrize("fitted", ["engine", "hidden_engine"])
+def test_batch_predictions_equal_single_text_predictions(request, fitted):
     # Exactly: the API batches concurrent requests and promises single-message results.
+    engine = request.getfixturevalue(fitted)
     texts = [*TEXTS, "新的一句话:快递呢?", "退款"]
     batch = engine.predict_proba(texts)
     for i, text in enumerate(texts):
@@ -596,15 +598,6 @@ def test_hidden_share_blends_the_layer_with_the_linear_heads(hidden_engine):
 def test_hidden_layer_gives_labels_absent_from_training_no_probability(hidden_engine):
     other = LABEL_SETS["topic"].index("other")
     assert np.all(hidden_engine.predict_proba([*TEXTS, "没见过"])["topic"][:, other] < 1e-6)
-
-
-def test_hidden_layer_batch_predictions_equal_single_text_predictions(hidden_engine):
-    texts = [*TEXTS, "新的一句话:快递呢?", "退款"]
-    batch = hidden_engine.predict_proba(texts)
-    for i, text in enumerate(texts):
-        single = hidden_engine.predict_proba([text])
-        for head in LABEL_SETS:
-            np.testing.assert_array_equal(single[head][0], batch[head][i])
 
 
 def test_hidden_layer_fit_is_deterministic_in_one_process_or_two(tmp_path):
