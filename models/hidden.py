@@ -105,7 +105,7 @@ class HiddenLayerFit:
 
     @property
     def cost(self) -> int:
-        """Proportional to training's work: non-zeros times units, per epoch."""
+        """Proportional to training's work: non-zeros times units times passes."""
         return int(self.features.nnz) * self.units * self.epochs
 
     def run(self) -> HiddenLayer:
@@ -126,29 +126,31 @@ class HiddenLayer:
     head_weights: dict[str, FloatArray]  # per head (units, labels)
     head_biases: dict[str, FloatArray]  # per head (labels,)
     _row_of_column: NDArray[np.int32] = field(init=False, repr=False)
+    _has_row: NDArray[np.bool_] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # Columns without a row read an all-zero row appended at the end.
-        self._row_of_column = np.full(self.n_features, len(self.columns), np.int32)
+        self._row_of_column = np.zeros(self.n_features, np.int32)
         self._row_of_column[self.columns] = np.arange(len(self.columns), dtype=np.int32)
-        self._embedding = np.vstack([self.embedding, np.zeros((1, self.units), np.float32)])
-
-    @property
-    def units(self) -> int:
-        return int(self.bias.shape[0])
+        self._has_row = np.zeros(self.n_features, np.bool_)
+        self._has_row[self.columns] = True
 
     def predict_proba(
         self, indptr: NDArray[np.int64], columns: NDArray[np.int64], values: FloatArray
     ) -> dict[str, FloatArray]:
         """Per head, probabilities of feature rows given as CSR parts (featurizer columns)."""
+        # Columns without an embedding row count as zeros (on row 0, so nothing is copied).
         rows = sp.csr_matrix(
-            (values, self._row_of_column[columns], indptr),
-            shape=(len(indptr) - 1, len(self._embedding)),
+            (
+                np.where(self._has_row[columns], values, np.float32(0.0)),
+                self._row_of_column[columns],
+                indptr,
+            ),
+            shape=(len(indptr) - 1, len(self.embedding)),
         )
         # Sparse products throughout: each row is summed on its own, in the same order in a
         # batch as alone, so a text gets the same probabilities either way (a dense BLAS
         # product rounds a batch differently from one row).
-        hidden = sp.csr_matrix(np.maximum(rows @ self._embedding + self.bias, 0.0))
+        hidden = sp.csr_matrix(np.maximum(rows @ self.embedding + self.bias, 0.0))
         return {
             name: _softmax(hidden @ weight + self.head_biases[name])
             for name, weight in self.head_weights.items()

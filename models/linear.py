@@ -1,4 +1,5 @@
-"""The default engine: hashed character and word n-grams, TF-IDF, one linear head per task.
+"""The default engine: hashed character and word n-grams, TF-IDF, one linear head per task,
+optionally blended with a hidden layer that several heads learn together (models/hidden.py).
 
 Hashing keeps the saved model free of a vocabulary: the feature space is fixed by the config,
 the inverse document frequencies and the head weights are the only learned arrays, and they are
@@ -565,10 +566,6 @@ def automatic_processes(jobs: Mapping[str, FitJob]) -> int:
     return max(1, min(available_cores(), len(jobs)))
 
 
-def _run_job(job: FitJob) -> FittedHead | HiddenLayer:
-    return job.run()
-
-
 def fit_heads(
     jobs: dict[str, HeadFit], processes: int | None, hidden: HiddenLayerFit | None = None
 ) -> tuple[dict[str, FittedHead], HiddenLayer | None]:
@@ -590,7 +587,7 @@ def fit_heads(
         # "spawn": a fresh interpreter per worker, never a fork of a process holding threads.
         context = get_context("spawn")
         with ProcessPoolExecutor(min(processes, len(work)), mp_context=context) as pool:
-            futures = {key: pool.submit(_run_job, work[key]) for key in costliest_first}
+            futures = {key: pool.submit(work[key].run) for key in costliest_first}
             done = {key: futures[key].result() for key in work}
     fitted: dict[str, FittedHead] = {}
     for name in jobs:
@@ -628,6 +625,11 @@ def _hidden_layer_job(
         targets[name] = target
     features = every_row[[row_of[text] for text in texts]]
     used = _frequent_columns(features, config.hidden_min_df)
+    if not len(used):
+        raise ConfigError(
+            f"LinearConfig.hidden_min_df: expected a share that some column reaches in the "
+            f"hidden layer's {features.shape[0]} rows (got {config.hidden_min_df!r})"
+        )
     return HiddenLayerFit(
         features=features[:, used],
         columns=used,

@@ -635,3 +635,8 @@ def test_hidden_layer_gives_embedding_rows_only_to_columns_in_hidden_min_df_of_i
     frequent, rare = (int(counts.columns[counts.indptr[row]]) for row in (0, 1))
     columns = set(fitted.hidden.columns.tolist())
     assert frequent in columns and rare not in columns
+
+
+def test_hidden_min_df_that_no_column_reaches_is_refused_naming_it():
+    with pytest.raises(ConfigError, match=r"hidden_min_df.*\(got 0\.99\)"):
+        LinearEngine.fit(replace(HIDDEN, hidden_min_df=0.99), _data(), LABEL_SETS)
