@@ -9,6 +9,10 @@ one, with its spread over the folds.
 With ``--round-from ID`` the split is cut at that id (rounds are appended with rising ids):
 the folds run over the earlier rows only, and every setting is fitted without and with the
 round's rows. Does a new corpus round carry over to messages written earlier, by other writers?
+
+With ``--situation-head`` each fold also fits the reply situation head, as training does, so
+that a hidden layer listing it (``hidden_share``) learns it beside the corpus heads: does
+sharing the layer with it change them?
 """
 
 from __future__ import annotations
@@ -23,9 +27,17 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
+from triage.drafts import SITUATION_HEAD
 from triage.models.linear import HeadData, LinearConfig, LinearEngine
+from triage.replies import load_template_bank
 from triage.taxonomy import load_taxonomy
 from triage.training.corpus import CorpusRecord, load_corpus, seed_corpus_path
+from triage.training.situations import (
+    load_situation_labels,
+    seed_situations_path,
+    situation_head_data,
+    situation_head_labels,
+)
 from triage.training.train import CORPUS_LABELS, label_sets, prepare_text
 
 Variant = tuple[str, LinearConfig, bool]  # name, setting, with the round's rows
@@ -42,9 +54,13 @@ def at_least_two(value: str) -> int:
     return folds
 
 
-def measure(variants: list[Variant], folds: int, round_from: int | None) -> dict[str, Any]:
+def measure(
+    variants: list[Variant], folds: int, round_from: int | None, situation_head: bool = False
+) -> dict[str, Any]:
     taxonomy = load_taxonomy()
     rows = load_corpus(seed_corpus_path("train"), taxonomy)
+    bank = load_template_bank(taxonomy)
+    situations = load_situation_labels(seed_situations_path(), bank, rows) if situation_head else []
     earlier = [r for r in rows if round_from is None or id_number(r) < round_from]
     round_rows = [r for r in rows if round_from is not None and id_number(r) >= round_from]
     if round_from is not None and not (earlier and round_rows):
@@ -52,7 +68,11 @@ def measure(variants: list[Variant], folds: int, round_from: int | None) -> dict
     texts = [prepare_text(r.text) for r in earlier]
     round_texts = [prepare_text(r.text) for r in round_rows]
     sets = label_sets(taxonomy)
-    scores = {name: {head: [] for head in CORPUS_LABELS} for name, _, _ in variants}
+    if situation_head:
+        sets[SITUATION_HEAD] = situation_head_labels(bank)
+    scores: dict[str, dict[str, list[float]]] = {
+        name: {head: [] for head in CORPUS_LABELS} for name, _, _ in variants
+    }
     seconds: dict[str, list[float]] = {name: [] for name, _, _ in variants}
     split = StratifiedKFold(folds, shuffle=True, random_state=0)
     for train, test in tqdm(
@@ -61,16 +81,16 @@ def measure(variants: list[Variant], folds: int, round_from: int | None) -> dict
         for name, config, with_round in variants:
             records = [earlier[i] for i in train] + (round_rows if with_round else [])
             fold_texts = [texts[i] for i in train] + (round_texts if with_round else [])
+            data = {
+                h: HeadData(fold_texts, [get(r) for r in records])
+                for h, get in CORPUS_LABELS.items()
+            }
+            if situation_head:
+                data[SITUATION_HEAD] = situation_head_data(
+                    records, fold_texts, situations, bank, prepare_text
+                )
             started = time.perf_counter()
-            engine = LinearEngine.fit(
-                config,
-                {
-                    h: HeadData(fold_texts, [get(r) for r in records])
-                    for h, get in CORPUS_LABELS.items()
-                },
-                sets,
-                idf_head="topic",
-            )
+            engine = LinearEngine.fit(config, data, sets, idf_head="topic")
             seconds[name].append(time.perf_counter() - started)
             probs = engine.predict_proba([texts[i] for i in test])
             for head, get in CORPUS_LABELS.items():
@@ -95,6 +115,7 @@ def measure(variants: list[Variant], folds: int, round_from: int | None) -> dict
         "round_from": round_from,
         "rows": len(earlier),
         "round_rows": len(round_rows),
+        "situation_head": situation_head,
         "settings": {name: config.non_defaults() for name, config, _ in variants},
         "results": summary,
     }
@@ -105,6 +126,11 @@ def main() -> None:
     parser.add_argument("--folds", type=at_least_two, default=5)
     parser.add_argument("--round-from", type=int, help="first id number of a corpus round to judge")
     add_linear_option(parser, repeatable=True)
+    parser.add_argument(
+        "--situation-head",
+        action="store_true",
+        help="also fit the reply situation head in each fold (not scored), as training does",
+    )
     args = parser.parse_args()
     settings = [(f"setting {i + 1}", LinearConfig(**s)) for i, s in enumerate(args.linear or [{}])]
     variants: list[Variant] = [
@@ -114,7 +140,7 @@ def main() -> None:
             (("", False),) if args.round_from is None else ((", without", False), (", with", True))
         )
     ]
-    measured = measure(variants, args.folds, args.round_from)
+    measured = measure(variants, args.folds, args.round_from, args.situation_head)
     print(f"\n{measured['rows']} rows in the folds, {measured['round_rows']} rows of the round")
     for name, changed in measured["settings"].items():
         print(f"{name}: {changed or 'LinearConfig defaults'}")
