@@ -26,8 +26,8 @@ FloatArray = NDArray[np.float32]
 _BETA1, _BETA2, _EPSILON = 0.9, 0.999, 1e-8
 # Standard deviation of the embedding's initial values.
 _INIT_SCALE = 0.05
-# Embedding rows per chunk of a lazy Adam step: a chunk's gathered state (rows × 3 moments and
-# values × units floats, 384 KiB at 128 units) fits in a core's cache.
+# Embedding rows per chunk of a lazy Adam step: a chunk's gathered state (its values and two
+# moments, 256 × 3 × 128 float32 = 384 KiB at 128 units) fits in a core's cache.
 _ROWS_PER_CHUNK = 256
 # No label for this head in this row.
 MISSING = -1
@@ -57,8 +57,8 @@ class _Adam:
 
 class _EmbeddingAdam:
     """The embedding with Adam's two moments stored beside each of its rows, updated lazily:
-    a step gathers the rows a batch touches once, updates them in place and writes them back
-    once (the row updates are most of training's time)."""
+    a step gathers the rows a batch touches, a chunk at a time, updates them in place and
+    writes them back (the row updates are most of training's time)."""
 
     def __init__(self, values: FloatArray):
         self._state = np.zeros((values.shape[0], 3, values.shape[1]), np.float32)

@@ -15,6 +15,7 @@ from safetensors.numpy import load_file
 from sklearn.exceptions import ConvergenceWarning
 
 from triage.errors import ConfigError, ModelError
+from triage.models.hidden import _BETA1, _BETA2, _EPSILON, _EmbeddingAdam
 from triage.models.linear import Featurizer, HeadData, LinearConfig, LinearEngine
 
 TEXTS = [
@@ -635,6 +636,24 @@ def test_hidden_layer_gives_embedding_rows_only_to_columns_in_hidden_min_df_of_i
     frequent, rare = (int(counts.columns[counts.indptr[row]]) for row in (0, 1))
     columns = set(fitted.hidden.columns.tolist())
     assert frequent in columns and rare not in columns
+
+
+def test_lazy_adam_step_moves_exactly_the_touched_rows_as_adam_does():
+    """More rows than one chunk of the step, so the chunking shows if it changes anything."""
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(2000, 8)).astype(np.float32)
+    state = _EmbeddingAdam(values.copy())
+    rows = np.sort(rng.choice(2000, size=700, replace=False))
+    gradient = rng.normal(size=(700, 8)).astype(np.float32)
+    rate = 0.01
+    state.step(rows, gradient.copy(), rate)
+    first = np.float32(1.0 - _BETA1) * gradient
+    second = np.float32(1.0 - _BETA2) * (gradient * gradient)
+    expected = values.copy()
+    expected[rows] -= np.float32(rate) * first / (np.sqrt(second) + np.float32(_EPSILON))
+    np.testing.assert_allclose(state.values, expected, rtol=1e-6, atol=1e-7)
+    untouched = np.setdiff1d(np.arange(2000), rows)
+    np.testing.assert_array_equal(state.values[untouched], values[untouched])
 
 
 def test_hidden_min_df_that_no_column_reaches_is_refused_naming_it():
