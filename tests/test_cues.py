@@ -146,9 +146,11 @@ def test_negation_suppresses_a_cue_in_the_same_clause(lexicon, text):
         ("没有受伤!起火了", "safety", "起火"),
         ("没有受伤\n起火了", "safety", "起火"),
         ("我不想去12315,但会找律师", "legal", "律师"),
+        ("再不解决就起诉你们", "legal", "起诉"),
+        ("不退款就去12315", "regulator", "12315"),
     ],
 )
-def test_negation_does_not_reach_across_clause_boundaries(lexicon, text, kind, hit_text):
+def test_negation_stops_at_a_clause_end_or_a_conditional(lexicon, text, kind, hit_text):
     hits = lexicon.find(text)
     assert [(h.kind, h.text) for h in hits] == [(kind, hit_text)]
     assert text[hits[0].start : hits[0].end] == hit_text

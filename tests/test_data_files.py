@@ -234,6 +234,16 @@ def test_negation_window_out_of_range_is_rejected(tmp_path):
     assert "20" in message and "99" in message
 
 
+def test_negation_scope_end_longer_than_one_character_is_rejected(tmp_path):
+    def mutate(data: dict[str, Any]) -> None:
+        data["negation"]["scope_ends"] = ["就", "的话"]
+
+    path, message = _broken_cues(tmp_path, mutate)
+    assert str(path) in message
+    assert "negation.scope_ends" in message
+    assert "one character" in message and "的话" in message
+
+
 def test_cue_floors_are_checked_against_a_custom_taxonomy(tmp_path):
     data = copy.deepcopy(_shipped("taxonomy.yaml"))
     data["urgencies"] = [u for u in data["urgencies"] if u["id"] != "P2"]

@@ -142,13 +142,25 @@ class NegationSpec(_Strict):
     words: list[str]
     # Words that contain a negation character without negating (不小心, 不停, 无缘无故).
     ignore: list[str] = Field(default_factory=list)
+    # Characters that end a negation's reach like a clause end: a conditional's 就, as in
+    # 再不退款就起诉, where the negation belongs to the condition.
+    scope_ends: list[str] = Field(default_factory=list)
+
+    @field_validator("scope_ends")
+    @classmethod
+    def _single_characters(cls, value: list[str]) -> list[str]:
+        longer = [item for item in value if len(item) != 1]
+        if longer:
+            raise ValueError(f"each entry must be one character (got {longer!r})")
+        return value
 
     def negates(self, text: str, start: int) -> bool:
         """Whether a negation word stands within ``window`` characters before ``start``, in
-        the same clause."""
+        the same clause and before none of ``scope_ends``."""
         window_start = start
         while window_start > 0 and start - window_start < self.window:
-            if text[window_start - 1] in _CLAUSE_END:
+            previous = text[window_start - 1]
+            if previous in _CLAUSE_END or previous in self.scope_ends:
                 break
             window_start -= 1
         before = text[window_start:start]
