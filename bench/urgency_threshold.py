@@ -193,7 +193,8 @@ def main() -> None:
         "gates": {kind: str(gate) for kind, gate in sorted(shipped_gates.items())},
         **p1_scores(decide(probs, complaint, hits, threshold, shipped_gates), gold),
     }
-    verdict = "keep it" if shipped["P1 recall"] >= args.recall else "switch to the chosen pair"
+    keep_shipped = shipped["P1 recall"] >= args.recall
+    verdict = "keep it" if keep_shipped else "switch to the chosen pair"
     print(f"shipped (threshold and the lexicon's gates): {shipped}: {verdict}")
     result = {
         "linear_config_overrides": args.linear,
@@ -204,7 +205,7 @@ def main() -> None:
         "rows": rows,
         "chosen": chosen,
         "shipped": shipped,
-        "keep_shipped": shipped["P1 recall"] >= args.recall,
+        "keep_shipped": keep_shipped,
     }
     print(f"wrote {write_result('urgency_threshold', result)}")
 

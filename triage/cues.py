@@ -156,7 +156,7 @@ class NegationSpec(_Strict):
 
     def negates(self, text: str, start: int) -> bool:
         """Whether a negation word stands within ``window`` characters before ``start``, in
-        the same clause and before none of ``scope_ends``."""
+        the same clause, with none of ``scope_ends`` between them."""
         window_start = start
         while window_start > 0 and start - window_start < self.window:
             previous = text[window_start - 1]
