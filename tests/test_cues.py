@@ -148,6 +148,7 @@ def test_negation_suppresses_a_cue_in_the_same_clause(lexicon, text):
         ("我不想去12315,但会找律师", "legal", "律师"),
         ("再不解决就起诉你们", "legal", "起诉"),
         ("不退款就去12315", "regulator", "12315"),
+        ("尽快退款,不然我去12315", "regulator", "12315"),
     ],
 )
 def test_negation_stops_at_a_clause_end_or_a_conditional(lexicon, text, kind, hit_text):
