@@ -147,7 +147,7 @@ def test_negation_suppresses_a_cue_in_the_same_clause(lexicon, text):
         ("没有受伤\n起火了", "safety", "起火"),
         ("我不想去12315,但会找律师", "legal", "律师"),
         ("再不解决就起诉你们", "legal", "起诉"),
-        ("不退款就去12315", "regulator", "12315"),
+        ("再不退就去12315", "regulator", "12315"),
         ("尽快退款,不然我去12315", "regulator", "12315"),
     ],
 )
