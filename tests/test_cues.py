@@ -10,6 +10,7 @@ import pytest
 from triage.cues import (
     Cue,
     CueLexicon,
+    NegationSpec,
     _kind_pattern,
     load_cue_lexicon,
     with_first_char_lookahead,
@@ -172,10 +173,19 @@ def test_negation_only_reaches_back_its_window(lexicon):
         ("插头不停冒烟", "safety"),
         ("无缘无故被盗刷", "fraud"),
         ("我不得不报警", "legal"),
+        ("要不要报警", "legal"),
+        ("要不我们去报警", "legal"),
     ],
 )
 def test_non_negating_words_with_negation_characters_do_not_suppress(lexicon, text, kind):
     assert kind in _kinds(lexicon.find(text))
+
+
+def test_an_ignore_word_straddling_the_window_start_negates_nothing():
+    spec = NegationSpec(window=4, words=["不"], ignore=["要不"])
+    text = "要不我们去报警"
+    assert not spec.negates(text, text.index("报警"))
+    assert NegationSpec(window=4, words=["不"]).negates(text, text.index("报警"))
 
 
 # --- false-positive guards -------------------------------------------------------------------

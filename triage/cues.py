@@ -154,18 +154,26 @@ class NegationSpec(_Strict):
             raise ValueError(f"each entry must be one character (got {longer!r})")
         return value
 
+    @cached_property
+    def _reach(self) -> int:
+        """How far back ``negates`` reads: the window, plus enough to see whole any ignore
+        word that starts before the window and ends inside it (要不 with only 不 inside)."""
+        return self.window + max((len(word) - 1 for word in self.ignore), default=0)
+
     def negates(self, text: str, start: int) -> bool:
         """Whether a negation word stands within ``window`` characters before ``start``, in
-        the same clause, with none of ``scope_ends`` between them."""
-        window_start = start
-        while window_start > 0 and start - window_start < self.window:
-            previous = text[window_start - 1]
+        the same clause, with none of ``scope_ends`` between them. Ignore words are blanked
+        before the window is cut, so one that straddles the window's start negates nothing."""
+        context_start = start
+        while context_start > 0 and start - context_start < self._reach:
+            previous = text[context_start - 1]
             if previous in _CLAUSE_END or previous in self.scope_ends:
                 break
-            window_start -= 1
-        before = text[window_start:start]
+            context_start -= 1
+        context = text[context_start:start]
         for word in self.ignore:
-            before = before.replace(word, " ")
+            context = context.replace(word, " " * len(word))
+        before = context[max(0, len(context) - self.window) :]
         return any(word in before for word in self.words)
 
 
