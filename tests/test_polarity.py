@@ -46,6 +46,16 @@ def test_longer_words_in_the_ignore_list_hide_their_terms(lexicon):
     assert _polarities(lexicon, "出差三天，服务很差") == [("差", False)]
 
 
+def test_the_polite_your_of_letters_is_not_expensive(lexicon):
+    assert _polarities(lexicon, "恳请贵司尽快处理，感谢贵行") == [("感谢", True)]
+    assert _polarities(lexicon, "太贵所以没买") == [("太贵", False)]
+
+
+def test_an_ignore_word_straddling_the_window_start_negates_nothing(lexicon):
+    # The window before 热情 is 别都很: the 别 belongs to 特别, which the lexicon ignores.
+    assert _polarities(lexicon, "员工特别都很热情") == [("热情", True)]
+
+
 def test_longest_term_wins(lexicon):
     assert _polarities(lexicon, "性价比高") == [("性价比高", True)]
 
