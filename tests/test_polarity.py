@@ -56,6 +56,20 @@ def test_an_ignore_word_straddling_the_window_start_negates_nothing(lexicon):
     assert _polarities(lexicon, "员工特别都很热情") == [("热情", True)]
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("发票开错了,麻烦重开一张", []),
+        ("麻烦您帮我查一下", []),
+        ("手续太麻烦了", [("麻烦", False)]),
+        ("给您添麻烦了", [("麻烦", False)]),
+        ("退个货,麻烦死了", [("麻烦", False)]),
+    ],
+)
+def test_a_polite_request_is_not_a_complaint_about_trouble(lexicon, text, expected):
+    assert _polarities(lexicon, text) == expected
+
+
 def test_longest_term_wins(lexicon):
     assert _polarities(lexicon, "性价比高") == [("性价比高", True)]
 
@@ -77,6 +91,17 @@ def test_a_word_in_both_lists_is_rejected_naming_the_file_and_word(tmp_path):
 def test_an_empty_word_list_is_rejected_naming_the_key(tmp_path):
     data = {"negation": {"window": 2, "words": ["不"]}, "positive": [], "negative": ["差"]}
     with pytest.raises(ConfigError, match="positive"):
+        load_polarity_lexicon(_write(tmp_path, data))
+
+
+def test_an_ignore_pattern_that_does_not_compile_is_rejected_naming_the_key(tmp_path):
+    data = {
+        "negation": {"window": 2, "words": ["不"]},
+        "positive": ["好"],
+        "negative": ["差"],
+        "ignore_patterns": ["(差"],
+    }
+    with pytest.raises(ConfigError, match="ignore_patterns"):
         load_polarity_lexicon(_write(tmp_path, data))
 
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from triage.cues import NegationSpec, trie_pattern
-from triage.resources import load_data_file, packaged_data_path
+from triage.resources import compilable_patterns, load_data_file, packaged_data_path
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,10 @@ class PolarityLexicon(BaseModel):
     negative: list[str] = Field(min_length=1)
     # Longer words that contain a term without its sense; no term hits inside them.
     ignore: list[str] = Field(default_factory=list)
+    # The same for contexts a word list cannot spell out (麻烦 opening a polite request).
+    ignore_patterns: list[str] = Field(default_factory=list)
+
+    _compilable = field_validator("ignore_patterns")(compilable_patterns)
 
     @model_validator(mode="after")
     def _no_word_in_both(self) -> PolarityLexicon:
@@ -53,7 +57,8 @@ class PolarityLexicon(BaseModel):
     @cached_property
     def _ignored(self) -> re.Pattern[str] | None:
         words = sorted({w.lower() for w in self.ignore})
-        return re.compile(trie_pattern(words)) if words else None
+        alternatives = ([trie_pattern(words)] if words else []) + self.ignore_patterns
+        return re.compile("|".join(alternatives)) if alternatives else None
 
     @cached_property
     def _positive(self) -> frozenset[str]:
