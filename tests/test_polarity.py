@@ -70,6 +70,24 @@ def test_a_polite_request_is_not_a_complaint_about_trouble(lexicon, text, expect
     assert _polarities(lexicon, text) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("不好意思,打扰一下", []),
+        ("质量不好", [("不好", False)]),
+        ("客服只会说请耐心等待", []),
+        ("师傅很耐心", [("耐心", True)]),
+        ("垃圾桶满了", []),
+        ("简直是垃圾", [("垃圾", False)]),
+        ("你们的负责人是谁", []),
+        ("这合理吗?", []),
+        ("价格合理", [("合理", True)]),
+    ],
+)
+def test_words_that_judge_nothing_in_these_phrases_are_not_counted(lexicon, text, expected):
+    assert _polarities(lexicon, text) == expected
+
+
 def test_longest_term_wins(lexicon):
     assert _polarities(lexicon, "性价比高") == [("性价比高", True)]
 
