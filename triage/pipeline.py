@@ -40,7 +40,7 @@ class Thresholds:
     # 0.97, with the shipped cue exclusions and gates (bench/urgency_threshold.py, 5 folds;
     # 0.972 at precision 0.549 on the round-55 corpus, where 0.06, chosen on the round-45
     # corpus, had fallen to 0.968; docs/benchmarks.md §6). It stays while its recall meets
-    # 0.97 (0.973 on the round-60 corpus): the rule's own pick moves between neighbouring
+    # 0.97 (0.973 on the round-61 corpus): the rule's own pick moves between neighbouring
     # settings whose recall sits at 0.97.
     top_urgency_probability: float = 0.05
     # How much of the positive/negative split comes from the sentiment head (trained on
