@@ -290,6 +290,9 @@ def test_training_records_how_complaints_spread_over_topics(small_pipeline, smal
         ("security", "account_takeover"),
         ("after_sales", "faulty_workmanship"),
         ("technical", "device_malfunction"),
+        ("technical", "data_error"),
+        ("technical", "notification_overload"),
+        ("after_sales", "data_wiped_in_repair"),
     ],
     ids=lambda key: ".".join(key),
 )
