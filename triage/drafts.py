@@ -197,14 +197,16 @@ class ExampleIndex(SimilarityIndex):
         known = where < len(self._sorted_codes)
         known[known] = self._sorted_codes[where[known]] == codes[known]
         columns, text_of = self._code_order[where[known]], text_of[known]
-        vectors = np.zeros((len(texts), len(self.vocabulary)))
-        vectors[text_of, columns] = counts[known] * self.idf[columns]
-        # Row by row, as for one text: a norm over the whole row adds in the same order.
-        norms = np.array([np.linalg.norm(vector) for vector in vectors])
+        weights = counts[known] * self.idf[columns]
+        # Each text's norm from its own terms, added in their order (by pair code), which a
+        # batch does not change. Not ``np.linalg.norm`` of a vocabulary-wide row: above 10,000
+        # columns OpenBLAS splits that dot product over threads, and the woken thread then
+        # spins on the other core after every request (docs/benchmarks.md §4, session 21).
+        norms = np.sqrt(np.bincount(text_of, weights=weights * weights, minlength=len(texts)))
         # Terms by text, then by column: the order in which each example's sum is taken.
         order = np.lexsort((columns, text_of))
         columns, text_of = columns[order], text_of[order]
-        values = vectors[text_of, columns] / norms[text_of]
+        values = weights[order] / norms[text_of]
         by_column = self._by_column
         starts = by_column.indptr[columns]
         lengths = by_column.indptr[columns + 1] - starts
