@@ -293,6 +293,10 @@ def test_training_records_how_complaints_spread_over_topics(small_pipeline, smal
         ("technical", "data_error"),
         ("technical", "notification_overload"),
         ("after_sales", "data_wiped_in_repair"),
+        ("service", "booking_not_honored"),
+        ("quality", "food_taste"),
+        ("quality", "counterfeit_suspicion"),
+        ("technical", "poor_signal_coverage"),
     ],
     ids=lambda key: ".".join(key),
 )
