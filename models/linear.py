@@ -572,7 +572,7 @@ def fit_heads(
     jobs: dict[str, HeadFit], processes: int | None, hidden: HiddenLayerFit | None = None
 ) -> tuple[dict[str, FittedHead], HiddenLayer | None]:
     """Fit every head and the hidden layer, ``processes`` at a time (None:
-    ``automatic_processes``). The costliest start first (the 76-class situation head and the
+    ``automatic_processes``). The costliest start first (the 80-class situation head and the
     hidden layer take most of training), so the others fit beside them. Each fit is the same
     computation wherever it runs: the result does not depend on ``processes``."""
     work: dict[str, FitJob] = {f"head {name}": job for name, job in jobs.items()}
