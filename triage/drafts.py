@@ -181,7 +181,8 @@ class ExampleIndex(SimilarityIndex):
         """Cosine of each message with each example.
 
         A row holds the same sums as ``matrix @ (vector / norm)`` for its text alone, to the
-        last bit: each example's products are added in the order of its columns, and the
+        last bit (``norm`` summed over the text's own terms in pair order, below): each
+        example's products are added in the order of its columns, and the
         terms of the columns the message lacks (exact zeros) are left out. A batch costs
         about as many array operations as one message.
         """
