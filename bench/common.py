@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sklearn.model_selection import StratifiedKFold
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
@@ -29,6 +31,22 @@ def add_linear_option(parser: argparse.ArgumentParser, repeatable: bool = False)
         help="non-default LinearConfig fields as JSON, e.g. '{\"cue_features\": true}'"
         + ("; repeat to compare settings" if repeatable else ""),
     )
+
+
+def at_least_two(value: str) -> int:
+    """``--folds``: a number of cross-validation folds (two at least)."""
+    folds = int(value)
+    if folds < 2:
+        raise argparse.ArgumentTypeError(f"expected at least 2 folds (got {folds})")
+    return folds
+
+
+def topic_folds(topics: Sequence[str], folds: int) -> list[tuple[Any, Any]]:
+    """The (train, held-out) index arrays of the seed corpus's cross-validation: stratified by
+    topic, shuffled with seed 0, so every script that judges the corpus out of fold holds out
+    the same messages."""
+    split = StratifiedKFold(folds, shuffle=True, random_state=0)
+    return list(split.split(list(topics), list(topics)))
 
 
 def shared_datasets_dir() -> Path:

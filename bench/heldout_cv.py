@@ -22,9 +22,8 @@ import time
 from typing import Any
 
 import numpy as np
-from common import add_linear_option, markdown_table, write_result
+from common import add_linear_option, at_least_two, markdown_table, topic_folds, write_result
 from sklearn.metrics import f1_score
-from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
 from triage.drafts import SITUATION_HEAD
@@ -47,13 +46,6 @@ def id_number(record: CorpusRecord) -> int:
     return int(record.id.rsplit("-", 1)[1])
 
 
-def at_least_two(value: str) -> int:
-    folds = int(value)
-    if folds < 2:
-        raise argparse.ArgumentTypeError(f"expected at least 2 folds (got {folds})")
-    return folds
-
-
 def measure(
     variants: list[Variant], folds: int, round_from: int | None, situation_head: bool = False
 ) -> dict[str, Any]:
@@ -74,9 +66,8 @@ def measure(
         name: {head: [] for head in CORPUS_LABELS} for name, _, _ in variants
     }
     seconds: dict[str, list[float]] = {name: [] for name, _, _ in variants}
-    split = StratifiedKFold(folds, shuffle=True, random_state=0)
     for train, test in tqdm(
-        list(split.split(texts, [r.topic for r in earlier])), desc="folds", unit="fold"
+        topic_folds([r.topic for r in earlier], folds), desc="folds", unit="fold"
     ):
         for name, config, with_round in variants:
             records = [earlier[i] for i in train] + (round_rows if with_round else [])

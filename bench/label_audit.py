@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
+from common import at_least_two, topic_folds
 from tqdm import tqdm
 
 from triage.models.linear import FloatArray, HeadData, LinearConfig, LinearEngine
@@ -36,10 +36,7 @@ def out_of_fold(
     sets = label_sets(taxonomy)
     probs: dict[str, FloatArray] = {}
     labels: dict[str, list[str]] = {}
-    split = StratifiedKFold(folds, shuffle=True, random_state=0)
-    for train, test in tqdm(
-        list(split.split(texts, [r.topic for r in rows])), desc="folds", unit="fold"
-    ):
+    for train, test in tqdm(topic_folds([r.topic for r in rows], folds), desc="folds", unit="fold"):
         data = {
             head: HeadData([texts[i] for i in train], [get(rows[i]) for i in train])
             for head, get in CORPUS_LABELS.items()
@@ -56,7 +53,7 @@ def out_of_fold(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--folds", type=at_least_two, default=5)
     parser.add_argument("--below", type=float, default=0.02, help="held-out p(label) under this")
     parser.add_argument("--above", type=float, default=0.95, help="another label's p over this")
     parser.add_argument("--out", type=Path, required=True, help="JSONL of flagged messages")
