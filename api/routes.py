@@ -27,7 +27,12 @@ from triage.api.schemas import (
     ReplySuggestResponse,
     ToneFinding,
 )
-from triage.api.validation import check_batch_size, check_messages
+from triage.api.validation import (
+    check_batch_size,
+    check_draft_request,
+    check_messages,
+    prepare_batch,
+)
 from triage.pipeline import TriagePipeline
 from triage.replies import ToneRules, check_reply, load_tone_rules
 from triage.schemas import Message, TriageResult
@@ -67,7 +72,7 @@ def triage_batch(
     its index."""
     check_batch_size(len(batch.items), settings)
     check_messages(batch.items, settings, pipeline.taxonomy, batch=True)
-    results = pipeline(batch.items, replies=True)
+    results = pipeline.run_prepared(prepare_batch(pipeline, batch.items), replies=True)
     return BatchResponse(results=results, count=len(results))
 
 
@@ -85,6 +90,7 @@ def check_draft(
     """Check an agent's draft before it is sent: blame, refusals, sarcasm, over-promising,
     missing apology, next step, time frame or follow-up, and length for chat. When the
     customer's message is given, it decides whether an apology and collections wording are due."""
+    check_draft_request(request.draft, request.channel, pipeline.taxonomy)
     complaint, collections = True, False
     if request.message is not None:
         customer = Message(text=request.message, channel=request.channel)

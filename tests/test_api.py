@@ -148,6 +148,16 @@ def test_openapi_documents_paths_and_limits(client: TestClient) -> None:
             ["body", "customer", "level"],
         ),
         (["你好"], "invalid_request", ["body"]),
+        (
+            {"text": "你好", "customer": {"tier": "diamond"}},
+            "invalid_tier",
+            ["body", "customer", "tier"],
+        ),
+        (
+            {"text": "你好", "customer": {"id": "13812345678"}},
+            "personal_data_in_id",
+            ["body", "customer", "id"],
+        ),
     ],
 )
 def test_single_bad_input(client: TestClient, body: Any, code: str, loc: list[Any]) -> None:
@@ -198,6 +208,7 @@ def test_batch_malformed(client: TestClient, body: dict[str, Any]) -> None:
     ("bad_item", "code", "field"),
     [
         ({"text": "   "}, "empty_text", "text"),
+        ({"text": "<p></p>\u200b"}, "empty_text", "text"),  # nothing left once markup is gone
         ({"text": "好" * 201}, "text_too_long", "text"),
         ({"text": "你好", "channel": "carrier pigeon"}, "invalid_channel", "channel"),
         ({"text": ["你好"]}, "invalid_request", "text"),
@@ -213,6 +224,12 @@ def test_batch_bad_item_is_named_and_nothing_is_processed(
     if code != "invalid_request":
         assert error["message"].startswith(f"items[2].{field}: ")
     assert forward_calls == []
+
+
+def test_customer_tier_is_matched_without_case_or_spaces(client: TestClient) -> None:
+    body = {"text": "你好", "customer": {"tier": " VIP "}}
+    cues = client.post("/v1/triage", json=body).json()["cues"]
+    assert [c["kind"] for c in cues if c["source"] != "text"] == ["vip"]
 
 
 def test_batch_lists_every_bad_item(client: TestClient) -> None:

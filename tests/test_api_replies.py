@@ -84,3 +84,14 @@ def test_check_passes_a_good_draft_and_uses_the_message_for_context(client):
 
 def test_check_rejects_an_empty_draft(client):
     assert_error(client.post("/v1/replies/check", json={"draft": ""}), 422, "invalid_request")
+    for blank in ("   ", "\u200b", "<p></p>"):
+        error = assert_error(
+            client.post("/v1/replies/check", json={"draft": blank}), 422, "empty_text"
+        )
+        assert error["details"][0]["loc"] == ["body", "draft"]
+
+
+def test_check_rejects_an_unknown_channel(client):
+    response = client.post("/v1/replies/check", json={"draft": "您好", "channel": "fax"})
+    error = assert_error(response, 422, "invalid_channel")
+    assert error["details"][0]["loc"] == ["body", "channel"]

@@ -130,6 +130,27 @@ def test_follow_ups_status_changes_and_errors(client):
     assert_error(client.post(f"{path}/messages", json={"text": ""}), 422, "empty_text")
 
 
+def test_agents_free_text_is_stored_and_returned_masked(client, app):
+    ticket = post_ticket(client, LATE)
+    path = f"/v1/tickets/{ticket['id']}"
+    client.post(f"{path}/resolve", json={"actor": ticket["handler"]})
+    client.post(f"{path}/reopen", json={"reason": "客户来电13812345678,说还没到"})
+    note = client.post(
+        f"{path}/feedback",
+        json={"agent": "a-1", "urgency": "P2", "note": "身份证110105194912310021"},
+    ).json()["note"]
+    assert note == "身份证<ID>"
+    reasons = [e["detail"].get("reason") for e in client.get(path).json()["events"]]
+    assert "客户来电<PHONE>,说还没到" in reasons
+    with app.state.tickets.db.engine.connect() as connection:
+        stored = " ".join(
+            str(row)
+            for table in ("feedback", "ticket_events")
+            for row in connection.exec_driver_sql(f"SELECT * FROM {table}")
+        )
+    assert "13812345678" not in stored and "110105194912310021" not in stored
+
+
 def test_manual_assignment_above_capacity_is_a_conflict(client):
     ticket = post_ticket(client, LATE)
     assert client.post("/v1/handlers/h-zhou/duty", json={"on_duty": False}).status_code == 200

@@ -150,6 +150,75 @@ def test_configurable_columns_and_row_numbers_for_missing_ids(tmp_path, settings
     assert [r["id"] for r in read_jsonl(out)] == ["r1", "2"]
 
 
+def test_a_line_in_another_encoding_becomes_an_error_row(tmp_path, settings):
+    source = tmp_path / "in.jsonl"
+    lines = [
+        {"id": "a", "text": "快递三天没到"},
+        {"id": "gbk", "text": "东西坏了"},
+        {"id": "z", "text": "谢谢"},
+    ]
+    encoded = [json.dumps(r, ensure_ascii=False).encode("utf-8") for r in lines]
+    encoded[1] = json.dumps(lines[1], ensure_ascii=False).encode("gbk")
+    source.write_bytes(b"\n".join(encoded) + b"\n")
+    out = tmp_path / "out.jsonl"
+    summary = run_batch(source, out, settings, QUIET)
+    records = read_jsonl(out)
+    assert [r["id"] for r in records] == ["a", "2", "z"]
+    assert records[1]["error"]["code"] == "invalid_encoding"
+    assert records[1]["error"]["message"].startswith("line 2: not utf-8 text")
+    assert "--encoding gb18030" in records[1]["error"]["message"]
+    assert (summary.rows_read, summary.triaged) == (3, 2)
+
+
+def test_csv_in_the_encoding_given_is_read(tmp_path, settings):
+    source = tmp_path / "in.csv"
+    source.write_bytes("id,text\n1,空调不制冷\n2,退款什么时候到账\n".encode("gb18030"))
+    out = tmp_path / "out.jsonl"
+    run_batch(source, out, settings, BatchOptions(encoding="gb18030", progress=False))
+    assert [r["masked_text"] for r in read_jsonl(out)] == ["空调不制冷", "退款什么时候到账"]
+    run_batch(source, out, settings, QUIET)  # read as UTF-8: every row is an error row
+    assert {r["error"]["code"] for r in read_jsonl(out)} == {"invalid_encoding"}
+    with pytest.raises(InputError, match="encoding: expected a text encoding"):
+        BatchOptions(encoding="klingon")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "the file is empty"),
+        ("id,text,text\n1,a,b\n", "the 'text' column appears 2 times"),
+        ("ref,text\n1,a\n", r"no 'id' column; the columns found are \['ref', 'text'\]"),
+    ],
+)
+def test_unusable_csv_headers_fail_before_writing(tmp_path, settings, content, message):
+    source = tmp_path / "in.csv"
+    source.write_text(content, encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(InputError, match=message):
+        run_batch(source, out, settings, BatchOptions(id_column="id", progress=False))
+    assert not out.exists()
+
+
+def test_a_named_id_field_must_exist_in_jsonl(tmp_path, settings):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"ref": "1", "text": "快递没到"}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"in.jsonl:1: no 'id' field"):
+        run_batch(source, tmp_path / "out.jsonl", settings, BatchOptions(id_column="id"))
+
+
+def test_unknown_channel_becomes_an_error_row(tmp_path, settings):
+    rows = [
+        {"id": "1", "text": "快递没到", "channel": "fax"},
+        {"id": "2", "text": "谢谢", "channel": ""},
+    ]
+    out = tmp_path / "out.jsonl"
+    run_batch(write_csv(tmp_path / "in.csv", rows), out, settings, QUIET)
+    records = read_jsonl(out)
+    assert records[0]["error"]["code"] == "unknown_label"
+    assert "channel 'fax': expected one of" in records[0]["error"]["message"]
+    assert "error" not in records[1]
+
+
 @pytest.mark.parametrize("name", ["in.csv", "in.jsonl"])
 def test_missing_text_column_fails_before_writing(tmp_path, settings, name):
     source = tmp_path / name

@@ -115,6 +115,8 @@ def test_full_width_mobile_number_is_masked_after_normalize():
         ("座机0755 86123456", "座机<PHONE>"),
         ("座机 0571-88888888-123 转分机", "座机 <PHONE> 转分机"),
         ("座机02087654321", "座机<PHONE>"),
+        ("电话 (021) 6123 4567", "电话 <PHONE>"),
+        ("座机 010-6123-4567", "座机 <PHONE>"),
     ],
 )
 def test_landlines_with_area_code_are_masked(raw, expected):
@@ -144,19 +146,46 @@ def test_emails_are_masked(raw, expected):
 
 
 def test_valid_resident_id_is_masked_and_wrong_check_digit_is_not():
-    assert mask_pii("身份证11010519491231002X,请核实").text == "身份证<ID>,请核实"
-    assert mask_pii("身份证11010519491231002x").text == "身份证<ID>"
-    wrong = "身份证110105194912310021,请核实"
+    assert mask_pii("号码11010519491231002X,请核实").text == "号码<ID>,请核实"
+    assert mask_pii("11010519491231002x").text == "<ID>"
+    wrong = "号码110105194912310021,请核实"
     assert mask_pii(wrong) == MaskedText(wrong, ())
 
 
 @pytest.mark.parametrize("body", ["44030419900101123", "32010619851120003"])
 def test_generated_resident_ids_are_masked_only_with_the_right_check_digit(body):
     good = body + _iso7064_check_digit(body)
-    assert mask_pii(f"证件号{good}。").text == "证件号<ID>。"
+    assert mask_pii(f"就是{good}。").text == "就是<ID>。"
     wrong_digit = "0" if good[-1] != "0" else "1"
-    wrong = f"证件号{body}{wrong_digit}。"
+    wrong = f"就是{body}{wrong_digit}。"
     assert "<ID>" not in mask_pii(wrong).text
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("身份证110105194912310021,请核实", "身份证<ID>,请核实"),  # wrong check digit
+        ("我的身份证号码是:110101199003077777。", "我的身份证号码是:<ID>。"),
+        ("证件号 110101 19900307 1233", "证件号 <ID>"),
+        ("身份证号110101900307123", "身份证号<ID>"),  # the old 15-digit form
+        ("卡号4539148803436468", "卡号<CARD>"),  # fails Luhn
+        ("银行卡 6222 0212 3456 7890 123 被盗刷", "银行卡 <CARD> 被盗刷"),
+    ],
+)
+def test_numbers_a_label_calls_id_or_card_are_masked_whatever_their_checksum(raw, expected):
+    assert mask_pii(raw).text == expected
+
+
+@pytest.mark.parametrize(
+    "raw", ["信用卡尾号1234被扣了200元", "银行卡里3000元没了", "我卡号后四位是6467", "身份证过期了"]
+)
+def test_labels_without_a_full_number_mask_nothing(raw):
+    assert mask_pii(raw) == MaskedText(raw, ())
+
+
+def test_resident_id_in_groups_of_six_eight_and_four_is_masked():
+    assert mask_pii("号码 110101 19900307 1233 谢谢").text == "号码 <ID> 谢谢"
+    assert mask_pii("号码 110101-19900307-1233").text == "号码 <ID>"
 
 
 # --- bank cards ------------------------------------------------------------------------------
@@ -177,7 +206,7 @@ def test_bank_cards_passing_luhn_are_masked(raw, expected):
 
 @pytest.mark.parametrize(
     "raw",
-    ["卡号4539148803436468", "卡号 4539 1488 0343 6468", "卡号5555555555554440"],
+    ["号码4539148803436468", "付款 4539 1488 0343 6468", "编号5555555555554440"],
 )
 def test_card_like_numbers_failing_luhn_are_not_masked(raw):
     assert mask_pii(raw) == MaskedText(raw, ())
@@ -189,7 +218,7 @@ def test_nineteen_digit_unionpay_card_is_masked():
     assert passes_luhn(card) and len(card) == 19
     assert mask_pii(f"银行卡{card}被盗刷").text == "银行卡<CARD>被盗刷"
     broken = body + str((int(card[-1]) + 1) % 10)
-    assert "<CARD>" not in mask_pii(f"银行卡{broken}").text
+    assert "<CARD>" not in mask_pii(f"流水{broken}").text
 
 
 # --- things that must stay -------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from triage.drafts import DraftContext, ReplySuggester, extract_slots
-from triage.errors import ConfigError, InputError
+from triage.errors import ConfigError, EmptyTextError, InputError
 from triage.replies import (
     KeywordFinder,
     ReplyTemplate,
@@ -173,6 +173,11 @@ BAD_DRAFTS = [
     ("您好，感谢您的反馈，给您添麻烦了，抱歉。", "follow_up"),
     ("您好，抱歉给您添麻烦了，我们会在24小时内处理并告知您。", "thanks"),
     ("感谢反馈，抱歉给您添麻烦，我们会在24小时内处理并告知您。", "greeting"),
+    # The informal 你 blames and refuses as much as 您.
+    ("您好，感谢反馈，抱歉，这是你自己操作不当造成的，明天会跟进。", "blame"),
+    ("您好，感谢反馈，抱歉，都是你的问题，跟我们无关，明天会跟进。", "blame"),
+    ("您好，感谢反馈，抱歉，这个我们不负责，你找厂家去，明天会跟进。", "refusal"),
+    ("您好，感谢反馈，抱歉，你开心就好，明天会跟进。", "sarcasm"),
 ]
 
 
@@ -191,6 +196,12 @@ def test_bad_drafts_are_flagged_with_a_suggestion(draft, kind):
     for finding in found:
         if finding.start is not None:
             assert draft[finding.start : finding.end] == finding.text
+
+
+@pytest.mark.parametrize("draft", ["", "   ", "<p></p>", "\u200b"])
+def test_a_draft_with_no_text_is_an_input_error(draft):
+    with pytest.raises(EmptyTextError):
+        check_reply(draft, RULES)
 
 
 def test_collections_replies_need_partnership_and_flexible_payment():

@@ -6,9 +6,11 @@ row's id with an ``error`` ``{code, message}``, so that a bad row never stops or
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
+import re
 import signal
 import sys
 import time
@@ -55,6 +57,9 @@ CSV_COLUMNS = (
 # A CSV field longer than the csv module's default limit (128 KiB) would end the whole run;
 # texts that long must become a "too long" error row instead.
 CSV_FIELD_LIMIT = 64 * 1024 * 1024
+# Bytes that do not decode are read as lone surrogates ("surrogateescape"), so that one badly
+# encoded row becomes an error row instead of ending the run.
+_UNDECODED = re.compile("[\udc80-\udcff]")
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,10 @@ class BatchOptions:
     """How to read, process and write a batch; formats default to the file extensions."""
 
     text_column: str = "text"
-    id_column: str = "id"
+    # None: the "id" column when there is one, else row numbers; a named column must exist.
+    id_column: str | None = None
     channel_column: str = "channel"
+    encoding: str = "utf-8"  # of the input; e.g. gb18030 for files saved by Chinese Excel
     input_format: Format | None = None
     output_format: Format | None = None
     chunk_size: int = 512
@@ -76,6 +83,23 @@ class BatchOptions:
             raise InputError(
                 f"chunk_size and workers must be at least 1 (got {self.chunk_size}, {self.workers})"
             )
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise InputError(
+                f"encoding: expected a text encoding such as utf-8 or gb18030 "
+                f"(got {self.encoding!r})"
+            ) from None
+
+    @property
+    def ids_from(self) -> str:
+        return self.id_column or "id"
+
+    def undecoded(self, where: str) -> tuple[str, str]:
+        """The error of a row whose bytes are not text in the input's encoding."""
+        utf8 = codecs.lookup(self.encoding).name == "utf-8"
+        hint = " (files saved by Chinese Excel: --encoding gb18030)" if utf8 else ""
+        return "invalid_encoding", f"{where}: not {self.encoding} text{hint}"
 
 
 @dataclass
@@ -142,22 +166,36 @@ def _allow_long_csv_fields() -> None:
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
 
 
+def _check_header(columns: list[str], source: str, options: BatchOptions) -> None:
+    """The header must decode and name the text column once, and the id column if one is named."""
+    if not columns:
+        raise InputError(f"{source}: the file is empty; expected a header row with a text column")
+    if any(_UNDECODED.search(column) for column in columns):
+        raise InputError(f"{source}:1: {options.undecoded('the header row')[1]}")
+    wanted = [options.text_column] + ([options.id_column] if options.id_column else [])
+    for name in wanted:
+        if name not in columns:
+            raise InputError(f"{source}: no {name!r} column; the columns found are {columns}")
+        if columns.count(name) > 1:
+            raise InputError(f"{source}: the {name!r} column appears {columns.count(name)} times")
+
+
 def _csv_rows(stream: IO[str], source: str, options: BatchOptions) -> Iterator[Row]:
     _allow_long_csv_fields()
     reader = csv.DictReader(stream)
-    columns = reader.fieldnames or []
-    if options.text_column not in columns:
-        raise InputError(
-            f"{source}: no {options.text_column!r} column; the columns found are {list(columns)}"
-        )
+    _check_header(list(reader.fieldnames or []), source, options)
 
     def rows() -> Iterator[Row]:
         try:
             for number, record in enumerate(reader, start=1):
+                if any(isinstance(v, str) and _UNDECODED.search(v) for v in record.values()):
+                    where = f"row {number} (line {reader.line_num})"
+                    yield Row(number, str(number), error=options.undecoded(where))
+                    continue
                 text = record.get(options.text_column)
                 yield Row(
                     number,
-                    _row_id(record.get(options.id_column), number),
+                    _row_id(record.get(options.ids_from), number),
                     text,
                     _blank_to_none(record.get(options.channel_column)),
                     None if text is not None else ("missing_text", "the row has no text field"),
@@ -169,6 +207,8 @@ def _csv_rows(stream: IO[str], source: str, options: BatchOptions) -> Iterator[R
 
 
 def _jsonl_row(number: int, line: str, options: BatchOptions) -> Row:
+    if _UNDECODED.search(line):
+        return Row(number, str(number), error=options.undecoded(f"line {number}"))
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -182,7 +222,7 @@ def _jsonl_row(number: int, line: str, options: BatchOptions) -> Row:
                 f"line {number}: expected a JSON object (got {type(record).__name__})",
             ),
         )
-    row_id = _row_id(record.get(options.id_column), number)
+    row_id = _row_id(record.get(options.ids_from), number)
     if options.text_column not in record:
         return Row(number, row_id, error=("missing_text", f"no {options.text_column!r} field"))
     return Row(
@@ -196,31 +236,42 @@ def _jsonl_row(number: int, line: str, options: BatchOptions) -> Row:
 def _jsonl_rows(stream: IO[str], source: str, options: BatchOptions) -> Iterator[Row]:
     lines = enumerate(stream, start=1)
     peeked: list[tuple[int, str]] = []
-    for number, line in lines:  # the first object decides whether the text field exists at all
+    for number, line in lines:  # the first object decides whether the fields exist at all
         peeked.append((number, line))
         if not line.strip():
             continue
         first = _jsonl_row(number, line, options)
-        if first.error is None:
-            break
-        if first.error[0] == "missing_text":
-            raise InputError(
-                f"{source}:{number}: no {options.text_column!r} field; "
-                f"the fields found are {list(json.loads(line))}"
-            )
+        if first.error is not None and first.error[0] != "missing_text":
+            continue
+        fields = list(json.loads(line))
+        for name in [options.text_column, options.id_column]:
+            if name is not None and name not in fields:
+                raise InputError(
+                    f"{source}:{number}: no {name!r} field; the fields found are {fields}"
+                )
+        break
     return (
         _jsonl_row(number, line, options) for number, line in chain(peeked, lines) if line.strip()
     )
 
 
+def _reading(encoding: str) -> tuple[str, str]:
+    """How input is decoded: utf-8-sig drops the byte order mark that spreadsheet programs put
+    before CSV headers; bytes that do not decode become error rows (see ``_UNDECODED``)."""
+    utf8 = codecs.lookup(encoding).name == "utf-8"
+    return "utf-8-sig" if utf8 else encoding, "surrogateescape"
+
+
 @contextmanager
-def _open_text(path: str | Path, mode: Literal["r", "w"]) -> Iterator[IO[str]]:
-    """A UTF-8 text stream on a file, or on stdin/stdout for ``-`` (left open afterwards)."""
-    # utf-8-sig drops the byte order mark that spreadsheet programs put before CSV headers.
-    encoding = "utf-8-sig" if mode == "r" else "utf-8"
+def _open_text(
+    path: str | Path, mode: Literal["r", "w"], encoding: str = "utf-8"
+) -> Iterator[IO[str]]:
+    """A text stream on a file, or on stdin/stdout for ``-`` (left open afterwards); output is
+    always UTF-8."""
+    encoding, errors = _reading(encoding) if mode == "r" else ("utf-8", "strict")
     if str(path) == STDIO:
         binary = sys.stdin.buffer if mode == "r" else sys.stdout.buffer
-        wrapper = io.TextIOWrapper(binary, encoding=encoding, newline="")
+        wrapper = io.TextIOWrapper(binary, encoding=encoding, errors=errors, newline="")
         try:
             yield wrapper
         finally:
@@ -228,7 +279,7 @@ def _open_text(path: str | Path, mode: Literal["r", "w"]) -> Iterator[IO[str]]:
             wrapper.detach()
         return
     try:
-        stream = open(path, mode, encoding=encoding, newline="")  # noqa: SIM115
+        stream = open(path, mode, encoding=encoding, errors=errors, newline="")  # noqa: SIM115
     except OSError as exc:
         verb = "read" if mode == "r" else "written"
         raise InputError(f"{path}: cannot be {verb} ({exc.strerror or exc})") from exc
@@ -236,11 +287,12 @@ def _open_text(path: str | Path, mode: Literal["r", "w"]) -> Iterator[IO[str]]:
         yield stream
 
 
-def count_records(path: Path, fmt: Format) -> int:
+def count_records(path: Path, fmt: Format, encoding: str = "utf-8") -> int:
     """The number of records, for the progress total (a quoted CSV text may span lines)."""
     if fmt == "csv":
         _allow_long_csv_fields()
-        with open(path, encoding="utf-8-sig", newline="") as stream:
+        encoding, errors = _reading(encoding)
+        with open(path, encoding=encoding, errors=errors, newline="") as stream:
             return max(0, sum(1 for row in csv.reader(stream) if row) - 1)
     with open(path, "rb") as stream:
         return sum(1 for line in stream if line.strip())
@@ -380,7 +432,7 @@ def run_batch(
         raise InputError(f"{output_path}: the output would overwrite the input")
     read = _csv_rows if in_format == "csv" else _jsonl_rows
     summary = BatchSummary(output=str(output_path))
-    with _open_text(input_path, "r") as source:
+    with _open_text(input_path, "r", options.encoding) as source:
         try:
             rows = read(source, str(input_path), options)
             # Resolved and loaded here even with workers, so that a missing model is trained (or
@@ -389,7 +441,7 @@ def run_batch(
             settings = pin_model(settings)
             pipeline = load_pipeline(settings)
             total = (
-                count_records(Path(input_path), in_format)
+                count_records(Path(input_path), in_format, options.encoding)
                 if options.progress and str(input_path) != STDIO
                 else None
             )
@@ -411,8 +463,6 @@ def run_batch(
                             summary.errors[record["error"]["code"]] += 1
                     summary.rows_read += len(records)
                     progress.update(len(records))
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{input_path}: not UTF-8 text ({exc.reason})") from exc
         except OSError as exc:  # e.g. a full disk or a closed pipe in the middle of a run
             raise InputError(f"batch stopped after {summary.rows_read} rows: {exc}") from exc
     summary.triaged = summary.rows_read - summary.errors.total()

@@ -140,9 +140,14 @@ def classify(text: str, as_json: bool, channel: str | None, model_dir: Path | No
 @click.option("--text-column", default="text", show_default=True)
 @click.option(
     "--id-column",
-    default="id",
+    help="Column of the row ids; it must exist. Default: id when there is one, else row numbers.",
+)
+@click.option(
+    "--encoding",
+    default="utf-8",
     show_default=True,
-    help="Rows without it are identified by their row number.",
+    help="Text encoding of INPUT, e.g. gb18030 for CSV saved by Chinese Excel; rows that do not"
+    " decode become error rows.",
 )
 @click.option(
     "--input-format",
@@ -168,7 +173,8 @@ def batch(
     input_path: Path,
     output_path: Path,
     text_column: str,
-    id_column: str,
+    id_column: str | None,
+    encoding: str,
     input_format: Any,
     output_format: Any,
     workers: int,
@@ -186,6 +192,7 @@ def batch(
     options = BatchOptions(
         text_column=text_column,
         id_column=id_column,
+        encoding=encoding,
         input_format=input_format,
         output_format=output_format,
         workers=workers,
@@ -548,10 +555,16 @@ def check(
     """Check DRAFT (or - for stdin) for blame, refusals, sarcasm, over-promising and missing
     apology, next step, time frame or follow-up. Exit code 1 when it does not pass."""
     from triage.replies import check_reply, load_tone_rules
+    from triage.taxonomy import load_taxonomy
 
     if draft == "-":
         draft = sys.stdin.read()
     settings = _settings(model_dir=model_dir)
+    channels = load_taxonomy(settings.taxonomy_path).channels
+    if channel is not None and channel not in channels:
+        raise click.BadParameter(
+            f"expected one of {channels} (got {channel!r})", param_hint="--channel"
+        )
     complaint, collections = True, False
     if message is not None:
         _announce_training(settings)

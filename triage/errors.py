@@ -33,6 +33,12 @@ class EmptyTextError(InputError):
     code = "empty_text"
 
 
+class UnknownLabelError(InputError):
+    """A channel or customer tier that the taxonomy in use does not list."""
+
+    code = "unknown_label"
+
+
 class TextTooLongError(InputError):
     """The message is longer than the configured limit."""
 

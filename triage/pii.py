@@ -1,7 +1,10 @@
 """Masking of personal data so that stored and logged text never carries it.
 
 Mobile and landline numbers, e-mail addresses, 18-digit resident ID numbers (checksum verified)
-and bank card numbers (Luhn verified) are replaced by a bracketed tag such as ``<PHONE>``.
+and bank card numbers (Luhn verified) are replaced by a bracketed tag such as ``<PHONE>``. A
+number that a label introduces as an ID or card number (身份证号 …, 卡号 …) is masked even when
+its checksum fails: a mistyped ID number is still personal data, and the label rules out an
+order number.
 """
 
 from __future__ import annotations
@@ -52,14 +55,31 @@ class MaskedText:
 
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-_ID = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
+# 18 characters, or written in groups of 6, 8 and 4 (110101 19900307 1233).
+_ID = re.compile(r"(?<![0-9A-Za-z])\d{6}([ -]?)\d{8}\1\d{3}[\dXx](?![0-9A-Za-z])")
+# After a label, up to four characters (号码是:) before the number; the number is the group.
+_LABEL_GAP = r"(?:号码|号)?[^\d\n]{0,4}?"
+_LABELED_ID = re.compile(
+    r"(?:身份证|证件)" + _LABEL_GAP + r"(?P<value>\d{6}([ -]?)\d{8}\2\d{3}[\dXx]|\d{15})"
+    r"(?![0-9A-Za-z])"
+)
+_LABELED_CARD = re.compile(
+    r"(?:卡号|银行卡|信用卡|储蓄卡|借记卡)"
+    + _LABEL_GAP
+    + r"(?P<value>\d(?:[ -]?\d){11,18})(?![0-9])"
+)
 # Card numbers start with 3-6 (Amex/JCB, Visa, Mastercard, UnionPay), which keeps most
 # order and tracking numbers (often date-prefixed: 2024...) out.
 _CARD = re.compile(r"(?<![0-9])[3-6](?:[ -]?\d){11,17}\d(?![0-9])")
 _MOBILE = re.compile(r"(?<![0-9])(?:(?:\+|00)?86[ -]?)?1[3-9]\d[ -]?\d{4}[ -]?\d{4}(?![0-9])")
+# The local number may be split in two (6123 4567), the area code in brackets with a space.
 _LANDLINE = re.compile(
-    r"(?<![0-9])(?:\(0\d{2,3}\)|0\d{2,3}[ -]?)[2-9]\d{6,7}(?:-\d{1,5})?(?![0-9])"
+    r"(?<![0-9])(?:\(0\d{2,3}\) ?|0\d{2,3}[ -]?)[2-9]\d{2,3}[ -]?\d{4}(?:-\d{1,5})?(?![0-9])"
 )
+
+
+def _id_like(match: str) -> bool:
+    return is_valid_resident_id(re.sub(r"[ -]", "", match))
 
 
 def _card_like(match: str) -> bool:
@@ -69,9 +89,12 @@ def _card_like(match: str) -> bool:
 
 # Checked in this order; a later pattern never matches inside an earlier span.
 # (The tag kinds are listed in ``MASK_KINDS``, which text normalisation leaves in place.)
+# A pattern with a ``value`` group masks that group only.
 _DETECTORS: tuple[tuple[str, re.Pattern[str], object], ...] = (
     ("EMAIL", _EMAIL, None),
-    ("ID", _ID, is_valid_resident_id),
+    ("ID", _LABELED_ID, None),
+    ("CARD", _LABELED_CARD, None),
+    ("ID", _ID, _id_like),
     ("CARD", _CARD, _card_like),
     ("PHONE", _MOBILE, None),
     ("PHONE", _LANDLINE, None),
@@ -91,12 +114,14 @@ def mask_pii(text: str) -> MaskedText:
         return MaskedText(text, ())
     found: list[PiiSpan] = []
     for kind, pattern, check in _DETECTORS:
+        group = "value" if "value" in pattern.groupindex else 0
         for match in pattern.finditer(text):
-            if callable(check) and not check(match.group()):
+            start, end = match.span(group)
+            if callable(check) and not check(match.group(group)):
                 continue
-            if any(s.start < match.end() and match.start() < s.end for s in found):
+            if any(s.start < end and start < s.end for s in found):
                 continue
-            found.append(PiiSpan(kind, match.start(), match.end()))
+            found.append(PiiSpan(kind, start, end))
     if not found:
         return MaskedText(text, ())
     found.sort(key=lambda s: s.start)

@@ -13,7 +13,13 @@ import numpy as np
 from triage.cues import Cue, CueLexicon, load_cue_lexicon
 from triage.drafts import SITUATION_HEAD, ReplySuggester, Scores
 from triage.engines import Engine, load_engine
-from triage.errors import ConfigError, EmptyTextError, ModelError, TextTooLongError
+from triage.errors import (
+    ConfigError,
+    EmptyTextError,
+    ModelError,
+    TextTooLongError,
+    UnknownLabelError,
+)
 from triage.models.linear import FloatArray
 from triage.pii import mask_pii
 from triage.schemas import CueHit, Message, ModelInfo, TriageResult
@@ -142,12 +148,22 @@ class TriagePipeline:
             name=self.engine.name, version=self.engine.version, engine=self.engine.engine
         )
 
+    def _check_known(self, message: Message) -> None:
+        """A channel or tier the taxonomy does not list would silently lose drafts or routing."""
+        channels, tiers = self.taxonomy.channels, self.taxonomy.customer_tiers
+        if message.channel is not None and message.channel not in channels:
+            raise UnknownLabelError(f"channel {message.channel!r}: expected one of {channels}")
+        tier = message.customer.tier if message.customer else None
+        if tier is not None and tier not in tiers:
+            raise UnknownLabelError(f"customer tier {tier!r}: expected one of {tiers}")
+
     def preprocess(self, message: Message) -> Prepared:
         """Normalise, mask personal data and find urgency cues; rejects unusable text."""
         if len(message.text) > self.max_text_length:
             raise TextTooLongError(
                 f"text has {len(message.text)} characters; the limit is {self.max_text_length}"
             )
+        self._check_known(message)
         normalized = normalize(message.text)
         if not normalized:
             raise EmptyTextError("text is empty or whitespace only (after removing markup)")

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from triage.errors import ConfigError, InputError
+from triage.errors import ConfigError, EmptyTextError, InputError
 from triage.resources import compilable_patterns, load_data_file, packaged_data_path
 from triage.taxonomy import Taxonomy
 from triage.text import normalize
@@ -95,9 +95,11 @@ def check_reply(
     """Check a draft: forbidden phrasing (with spans), missing elements, length for chat.
 
     The score starts at 1 and loses 0.25 per forbidden phrase and 0.15 per missing element.
-    Spans index the normalised draft.
+    Spans index the normalised draft; a draft with no text raises :class:`EmptyTextError`.
     """
     text = normalize(text)
+    if not text:
+        raise EmptyTextError("draft is empty or whitespace only (after removing markup)")
     findings: list[Finding] = []
     for kind, rule in rules.forbidden.items():
         findings += [

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Customer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str | None = Field(default=None, max_length=200)
-    tier: str | None = Field(default=None, max_length=50, description="e.g. standard or vip")
+    tier: str | None = Field(
+        default=None, max_length=50, description="one of the taxonomy's tiers, e.g. standard or vip"
+    )
+
+    @field_validator("tier")
+    @classmethod
+    def _tier_as_written_in_the_taxonomy(cls, tier: str | None) -> str | None:
+        """Tiers are matched in lower case without surrounding spaces (" VIP " is vip)."""
+        return tier.strip().lower() if tier is not None else None
 
 
 class Message(BaseModel):

@@ -103,6 +103,11 @@ def _request_hash(message: Message) -> str:
     return hashlib.sha256(message.model_dump_json().encode("utf-8")).hexdigest()
 
 
+def _masked(text: str) -> str:
+    """An agent's free text as it may be stored: normalised, personal data masked."""
+    return mask_pii(normalize(text)).text
+
+
 def _event(ticket: Ticket, at: datetime, kind: str, actor: str | None, /, **detail: Any) -> None:
     ticket.events.append(TicketEvent(at=at, kind=kind, actor=actor, detail=detail))
 
@@ -672,7 +677,8 @@ class TicketService:
             if ticket.status != RESOLVED:
                 raise TransitionError(f"ticket {ticket_id} is {ticket.status}, not resolved")
             self.db.lock_teams(session, [ticket.team_id])
-            self._reopen(session, ticket, now, actor, reason or "reopened by an agent")
+            reason = _masked(reason) if reason else "reopened by an agent"
+            self._reopen(session, ticket, now, actor, reason)
             return self._detail(session, ticket)
 
     def _reopen(
@@ -765,7 +771,7 @@ class TicketService:
     def _agent_reply(
         self, ticket_id: int, text: str, author_id: str | None, client_message_id: str | None
     ) -> MessageOutcome:
-        masked = mask_pii(normalize(text)).text
+        masked = _masked(text)
         if not masked:
             raise InputError("text is empty or whitespace only (after removing markup)")
         now = self.clock()
@@ -890,7 +896,7 @@ class TicketService:
                 created_at=now,
                 labels=labels,
                 corrected=sorted(corrections),
-                note=request.note,
+                note=_masked(request.note) if request.note else request.note,
             )
             session.add(feedback)
             if message is customer_messages[0]:
