@@ -2,6 +2,8 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
+# The service needs only the base dependencies; tests and benchmarks need the extras too.
+SERVICE_STAMP := $(VENV)/.installed-service
 STAMP := $(VENV)/.installed
 
 .PHONY: install serve test lint typecheck unit bench clean
@@ -10,14 +12,19 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+$(SERVICE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(SERVICE_STAMP)
+
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev,transformer]"
-	touch $(STAMP)
+	touch $(SERVICE_STAMP) $(STAMP)
 
 install: $(STAMP)
 
-## Install, train the default model on first start (about 3 minutes), serve on 127.0.0.1:8000.
-serve: install
+## Install the service, train the default model on first start (about 3 minutes), serve on
+## 127.0.0.1:8000.
+serve: $(SERVICE_STAMP)
 	$(BIN)/triage serve
 
 ## Install, then lint, type-check and run the whole test suite.

@@ -121,7 +121,7 @@ def _customer_problems(
             problems.append(
                 ErrorDetail(
                     loc=[*where, "customer", "id"],
-                    msg=f"looks like personal data ({', '.join(kinds)}); send an opaque customer id",
+                    msg=f"looks like personal data ({', '.join(kinds)}); send an opaque id",
                     type="personal_data_in_id",
                 )
             )

@@ -56,7 +56,7 @@ def small_pipeline(small_model_dir: Path) -> TriagePipeline:
     return TriagePipeline.from_directory(small_model_dir)
 
 
-def read_jsonl(path: Path) -> list[dict[str, object]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 

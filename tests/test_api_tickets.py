@@ -109,6 +109,8 @@ def test_list_filters_and_pagination(client):
     assert client.get("/v1/tickets", params={"breached": "false"}).json()["total"] == 3
     assert_error(client.get("/v1/tickets", params={"status": "closed"}), 422, "invalid_request")
     assert_error(client.get("/v1/tickets", params={"limit": 0}), 422, "invalid_request")
+    error = assert_error(client.get("/v1/tickets", params={"urgency": "P9"}), 422, "invalid_input")
+    assert "urgency: expected one of ['P1', 'P2', 'P3', 'P4'] (got 'P9')" in error["message"]
     assert_error(client.get("/v1/tickets/999"), 404, "not_found")
 
 

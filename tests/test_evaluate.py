@@ -183,6 +183,8 @@ def test_evaluate_writes_markdown_json_and_pngs(tmp_path, labeled, model_a):
     assert re.sub(r"\n\n!\[[^]]*\]\([^)]*\)", "", markdown) + "\n" == result.stdout
     assert f"| topic | {4 / 6:.3f} | {topic['macro_f1']:.3f} | {topic['ece']:.3f} |" in markdown
     assert "| billing | 0.667 | 1.000 | 0.800 | 2 |" in markdown
+    # Six messages leave most topics out: no figures for what was neither seen nor predicted.
+    assert "| refund | n/a | n/a | n/a | 0 |" in markdown
     assert "![topic confusion matrix](confusion_topic.png)" in markdown
     for head in ("topic", "sentiment", "urgency", "complaint"):
         assert (out / f"confusion_{head}.png").read_bytes().startswith(PNG_SIGNATURE)

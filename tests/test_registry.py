@@ -287,7 +287,7 @@ def test_classify_and_batch_use_the_promoted_model(
     source.write_text(json.dumps({"id": "1", "text": TEXT}, ensure_ascii=False) + "\n", "utf-8")
     result = runner.invoke(main, ["batch", str(source), str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert [r["model"]["version"] for r in read_jsonl(out)] == [fixed_version]  # type: ignore[index]
+    assert [r["model"]["version"] for r in read_jsonl(out)] == [fixed_version]
 
 
 def test_batch_workers_load_the_model_chosen_at_the_start(

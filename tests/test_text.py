@@ -129,8 +129,11 @@ def test_normalize_collapses_whitespace(raw, expected):
     assert normalize(raw) == expected
 
 
-@pytest.mark.parametrize("invisible", ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad"])
-def test_normalize_removes_zero_width_characters(invisible):
+@pytest.mark.parametrize(
+    "invisible",
+    ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\x00", "\x07", "\x7f"],
+)
+def test_normalize_removes_zero_width_and_control_characters(invisible):
     assert normalize(f"退{invisible}款{invisible}") == "退款"
 
 

@@ -212,7 +212,8 @@ def _jsonl_row(number: int, line: str, options: BatchOptions) -> Row:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
-        return Row(number, str(number), error=("invalid_json", f"line {number}: {exc.msg}"))
+        where = f"line {number}, column {exc.colno}"
+        return Row(number, str(number), error=("invalid_json", f"{where}: {exc.msg}"))
     if not isinstance(record, dict):
         return Row(
             number,

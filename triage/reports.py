@@ -48,6 +48,20 @@ def _number(value: float) -> str:
     return f"{value:.3f}"
 
 
+def _predicted_counts(metrics: dict[str, Any]) -> list[int]:
+    """How often each class was predicted: the column sums of the confusion matrix."""
+    return [int(sum(column)) for column in zip(*metrics["confusion_matrix"], strict=True)]
+
+
+def _class_cells(per_class: dict[str, Any], predicted: int) -> list[str]:
+    """Precision, recall and F1 as text; "n/a" where a class was never predicted (precision)
+    or never occurs in the data (recall), rather than a 0 that reads like a failure."""
+    precision = _number(per_class["precision"]) if predicted else "n/a"
+    recall = _number(per_class["recall"]) if per_class["support"] else "n/a"
+    f1 = _number(per_class["f1"]) if predicted or per_class["support"] else "n/a"
+    return [precision, recall, f1]
+
+
 def _signed(value: float) -> str:
     return f"{value:+.3f}"
 
@@ -154,12 +168,10 @@ class Report:
         ]
         for head in HEADS:
             per_class = [
-                [
-                    label,
-                    *(_number(c[metric]) for metric in CLASS_METRICS),
-                    str(c["support"]),
-                ]
-                for label, c in m[head]["per_class"].items()
+                [label, *_class_cells(c, predicted), str(c["support"])]
+                for (label, c), predicted in zip(
+                    m[head]["per_class"].items(), _predicted_counts(m[head]), strict=True
+                )
             ]
             out += [
                 f"## {head}",

@@ -23,7 +23,9 @@ from triage.resources import packaged_data_path
 _TAG = re.compile(
     r"<(?:(?!(?:{})>)/?[a-zA-Z][^<>]*|!--.*?--)>".format("|".join(MASK_KINDS)), re.DOTALL
 )
-_INVISIBLE = re.compile("[\u200b-\u200f\u2060\ufeff\u00ad]")
+# Zero-width and formatting characters, and control characters other than whitespace: text
+# made only of them is empty text.
+_INVISIBLE = re.compile("[\u200b-\u200f\u2060\ufeff\u00ad\x00-\x08\x0e-\x1f\x7f]")
 _SPACES = re.compile(r"[^\S\n]+")
 _NEWLINES = re.compile(r"\s*\n\s*")
 

@@ -486,7 +486,12 @@ class TicketService:
         return query
 
     def list_tickets(self, filters: TicketFilter, limit: int = 50, offset: int = 0) -> TicketPage:
-        """Tickets matching every given filter, newest first."""
+        """Tickets matching every given filter, newest first; an urgency the taxonomy does not
+        list is an input error, not an empty page."""
+        if filters.urgency is not None and filters.urgency not in self.taxonomy.urgency_ids:
+            raise InputError(
+                f"urgency: expected one of {self.taxonomy.urgency_ids} (got {filters.urgency!r})"
+            )
         now = self.clock()
         with self.db.transaction() as session:
             total = session.scalar(
