@@ -184,6 +184,14 @@ def test_missing_body(client: TestClient) -> None:
     assert_error(client.post("/v1/triage"), 422, "invalid_request")
 
 
+def test_a_body_that_is_not_json_is_an_unsupported_media_type(client: TestClient) -> None:
+    response = client.post(
+        "/v1/triage", content='{"text": "你好"}'.encode(), headers={"content-type": "text/plain"}
+    )
+    error = assert_error(response, 415, "unsupported_media_type")
+    assert "'text/plain'" in error["message"]
+
+
 def test_errors_never_echo_the_submitted_text(client: TestClient) -> None:
     response = client.post("/v1/triage", json={"text": PHONE_TEXT, "unknown": PHONE_TEXT})
     assert_error(response, 422, "invalid_request")
