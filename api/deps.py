@@ -13,8 +13,9 @@ from fastapi import Depends, Request
 
 from triage.api.batching import MicroBatcher
 from triage.api.errors import ApiError
-from triage.api.validation import check_messages
+from triage.api.validation import check_messages, empty_after_markup
 from triage.config import Settings
+from triage.errors import EmptyTextError
 from triage.pipeline import TriagePipeline
 from triage.registry import ModelRegistry
 from triage.schemas import Message, ModelInfo, TriageResult
@@ -50,7 +51,10 @@ class SingleTriage:
         """The message's result with reply drafts: checked against the limits, then triaged
         with the messages that arrive with it (see :mod:`triage.api.batching`)."""
         check_messages([message], self.settings, self.pipeline.taxonomy, batch=False)
-        return await self.batcher.triage(self.pipeline, message)
+        try:
+            return await self.batcher.triage(self.pipeline, message)
+        except EmptyTextError:  # markup or invisible characters only
+            raise empty_after_markup() from None
 
 
 async def get_single_triage(request: Request, pipeline: PipelineDep) -> SingleTriage:

@@ -89,7 +89,8 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         content_type = request.headers.get("content-type", "")
-        if content_type and "json" not in content_type.lower():
+        body_errors = any(tuple(e["loc"][:1]) == ("body",) for e in exc.errors())
+        if body_errors and content_type and "json" not in content_type.lower():
             # The body was not read as JSON at all: say so rather than "not a valid dictionary".
             message = f"expected a JSON body (content-type application/json), got {content_type!r}"
             return error_response(415, "unsupported_media_type", message)

@@ -31,8 +31,10 @@ from triage.api.validation import (
     check_batch_size,
     check_draft_request,
     check_messages,
+    empty_after_markup,
     prepare_batch,
 )
+from triage.errors import EmptyTextError
 from triage.pipeline import TriagePipeline
 from triage.replies import ToneRules, check_reply, load_tone_rules
 from triage.schemas import Message, TriageResult
@@ -94,8 +96,11 @@ def check_draft(
     complaint, collections = True, False
     if request.message is not None:
         customer = Message(text=request.message, channel=request.channel)
-        check_messages([customer], settings, pipeline.taxonomy, batch=False)
-        result = pipeline([customer])[0]
+        check_messages([customer], settings, pipeline.taxonomy, batch=False, text_field="message")
+        try:
+            result = pipeline([customer])[0]
+        except EmptyTextError:
+            raise empty_after_markup("message") from None
         complaint, collections = result.is_complaint, result.topic == "collections"
     report = check_reply(
         request.draft,

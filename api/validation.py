@@ -6,6 +6,7 @@ They run over every item before any is triaged, and each problem names where it 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from triage.api.errors import ApiError, describe_loc
 from triage.api.schemas import ErrorDetail
@@ -29,42 +30,46 @@ def check_batch_size(count: int, settings: Settings) -> None:
 
 
 def check_messages(
-    messages: Sequence[Message], settings: Settings, taxonomy: Taxonomy, *, batch: bool
+    messages: Sequence[Message],
+    settings: Settings,
+    taxonomy: Taxonomy,
+    *,
+    batch: bool,
+    text_field: str = "text",
 ) -> None:
-    """Raise one :class:`ApiError` listing every unusable item; its code is the first problem's."""
+    """Raise one :class:`ApiError` listing every unusable item; its code is the first problem's.
+    ``text_field`` names the request field the text came from (``message`` for a draft check)."""
     details: list[ErrorDetail] = []
     for index, message in enumerate(messages):
         where: list[str | int] = ["body", "items", index] if batch else ["body"]
         length = len(message.text)
         if not message.text.strip():
             details.append(
-                ErrorDetail(loc=[*where, "text"], msg="empty or whitespace only", type="empty_text")
+                ErrorDetail(
+                    loc=[*where, text_field], msg="empty or whitespace only", type="empty_text"
+                )
             )
         elif length > settings.max_text_length:
             details.append(
                 ErrorDetail(
-                    loc=[*where, "text"],
+                    loc=[*where, text_field],
                     msg=f"{length} characters; the limit is {settings.max_text_length}",
                     type="text_too_long",
                 )
             )
-        details += _channel_problems(message.channel, taxonomy, where)
-        details += _customer_problems(message, taxonomy, where)
+        details += _unknown(taxonomy, "channel", message.channel, [*where, "channel"])
+        if message.customer is not None:
+            customer_at = [*where, "customer"]
+            details += _unknown(taxonomy, "tier", message.customer.tier, [*customer_at, "tier"])
+            details += _personal_id(message.customer.id, [*customer_at, "id"])
     _raise_for(details)
 
 
 def check_draft_request(draft: str, channel: str | None, taxonomy: Taxonomy) -> None:
     """An agent's draft must keep some text once markup is removed; its channel must exist."""
-    details = _channel_problems(channel, taxonomy, ["body"])
+    details = _unknown(taxonomy, "channel", channel, ["body", "channel"])
     if not normalize(draft):
-        details.insert(
-            0,
-            ErrorDetail(
-                loc=["body", "draft"],
-                msg="empty or whitespace only (after removing markup)",
-                type="empty_text",
-            ),
-        )
+        details.insert(0, _empty(["body", "draft"]))
     _raise_for(details)
 
 
@@ -83,49 +88,44 @@ def prepare_batch(pipeline: TriagePipeline, messages: Sequence[Message]) -> list
     return prepared
 
 
-def _channel_problems(
-    channel: str | None, taxonomy: Taxonomy, where: list[str | int]
-) -> list[ErrorDetail]:
-    if channel is None or channel in taxonomy.channels:
-        return []
-    return [
-        ErrorDetail(
-            loc=[*where, "channel"],
-            msg=f"{channel!r} is not one of {taxonomy.channels}",
-            type="invalid_channel",
-        )
-    ]
+def empty_after_markup(field: str = "text") -> ApiError:
+    """The error of a single message whose text normalising leaves empty."""
+    detail = _empty(["body", field])
+    return ApiError(422, detail.type, f"{describe_loc(detail.loc)}: {detail.msg}", [detail])
 
 
-def _customer_problems(
-    message: Message, taxonomy: Taxonomy, where: list[str | int]
+def _empty(loc: list[str | int]) -> ErrorDetail:
+    return ErrorDetail(
+        loc=loc, msg="empty or whitespace only (after removing markup)", type="empty_text"
+    )
+
+
+def _unknown(
+    taxonomy: Taxonomy, field: Literal["channel", "tier"], value: str | None, loc: list[str | int]
 ) -> list[ErrorDetail]:
-    """A tier the taxonomy does not know, and a customer id that is personal data (it would be
-    stored and returned as given: the service promises to keep no personal data unmasked)."""
-    customer = message.customer
-    if customer is None:
+    problem = taxonomy.unknown(field, value)
+    return [ErrorDetail(loc=loc, msg=problem, type=f"invalid_{field}")] if problem else []
+
+
+# An identifier that is wholly one of these is personal data; a long number that merely passes
+# the card checksum (one in ten does) may be any system's id.
+_PERSONAL_IDS = {"PHONE": "a phone number", "EMAIL": "an e-mail address", "ID": "a resident ID"}
+
+
+def _personal_id(value: str | None, loc: list[str | int]) -> list[ErrorDetail]:
+    """A customer id is stored and returned as given, so one that is itself a phone number,
+    e-mail address or resident ID number is refused: the service keeps no personal data
+    unmasked."""
+    if value is None:
         return []
-    problems = []
-    if customer.tier is not None and customer.tier not in taxonomy.customer_tiers:
-        problems.append(
-            ErrorDetail(
-                loc=[*where, "customer", "tier"],
-                msg=f"{customer.tier!r} is not one of {taxonomy.customer_tiers}",
-                type="invalid_tier",
-            )
-        )
-    if customer.id is not None:
-        found = mask_pii(normalize(customer.id)).spans
-        if found:
-            kinds = sorted({span.kind for span in found})
-            problems.append(
-                ErrorDetail(
-                    loc=[*where, "customer", "id"],
-                    msg=f"looks like personal data ({', '.join(kinds)}); send an opaque id",
-                    type="personal_data_in_id",
-                )
-            )
-    return problems
+    text = normalize(value)
+    spans = mask_pii(text).spans
+    if len(spans) != 1 or spans[0].kind not in _PERSONAL_IDS:
+        return []
+    if (spans[0].start, spans[0].end) != (0, len(text)):
+        return []
+    msg = f"{_PERSONAL_IDS[spans[0].kind]} is personal data: send an opaque id instead"
+    return [ErrorDetail(loc=loc, msg=msg, type="personal_data_in_id")]
 
 
 def _raise_for(details: list[ErrorDetail]) -> None:

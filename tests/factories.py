@@ -19,8 +19,8 @@ FLOORS = {
 }
 
 
-def cue(kind: str, text: str = "x") -> CueHit:
-    return CueHit(kind=kind, text=text, start=0, end=len(text), floor=FLOORS[kind])
+def cue(kind: str, text: str = "x", applied: bool = True) -> CueHit:
+    return CueHit(kind=kind, text=text, start=0, end=len(text), floor=FLOORS[kind], applied=applied)
 
 
 def make_result(

@@ -136,6 +136,7 @@ def test_openapi_documents_paths_and_limits(client: TestClient) -> None:
     [
         ({"text": ""}, "empty_text", ["body", "text"]),
         ({"text": " \n\t\u3000"}, "empty_text", ["body", "text"]),
+        ({"text": "<p></p>\u200b\x00"}, "empty_text", ["body", "text"]),  # nothing once normalised
         ({"text": "好" * 201}, "text_too_long", ["body", "text"]),
         ({"text": "你好", "channel": "fax"}, "invalid_channel", ["body", "channel"]),
         ({"text": 123}, "invalid_request", ["body", "text"]),
@@ -232,6 +233,29 @@ def test_batch_bad_item_is_named_and_nothing_is_processed(
     if code != "invalid_request":
         assert error["message"].startswith(f"items[2].{field}: ")
     assert forward_calls == []
+
+
+def test_a_body_that_is_not_json_still_gets_its_query_errors(client: TestClient) -> None:
+    response = client.get(
+        "/v1/tickets", params={"limit": 0}, headers={"content-type": "text/plain"}
+    )
+    assert_error(response, 422, "invalid_request")
+
+
+def test_opaque_numeric_customer_ids_and_blank_tiers_are_accepted(client: TestClient) -> None:
+    snowflake = "1234567890123456789"  # passes the card checksum, as one number in ten does
+    body = {"text": "你好", "customer": {"id": snowflake, "tier": "  "}}
+    assert client.post("/v1/triage", json=body).status_code == 200
+
+
+def test_a_lone_surrogate_escape_is_replaced_not_a_500(client: TestClient) -> None:
+    response = client.post(
+        "/v1/triage",
+        content=b'{"text": "\\ud83d \xe5\xbf\xab\xe9\x80\x92\xe6\xb2\xa1\xe5\x88\xb0"}',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["masked_text"] == "\ufffd 快递没到"
 
 
 def test_customer_tier_is_matched_without_case_or_spaces(client: TestClient) -> None:

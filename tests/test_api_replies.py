@@ -91,6 +91,13 @@ def test_check_rejects_an_empty_draft(client):
         assert error["details"][0]["loc"] == ["body", "draft"]
 
 
+def test_check_names_the_message_field_when_the_message_is_unusable(client):
+    for message in ("   ", "<p></p>"):
+        body = {"draft": "您好", "message": message}
+        error = assert_error(client.post("/v1/replies/check", json=body), 422, "empty_text")
+        assert error["details"][0]["loc"] == ["body", "message"]
+
+
 def test_check_rejects_an_unknown_channel(client):
     response = client.post("/v1/replies/check", json={"draft": "您好", "channel": "fax"})
     error = assert_error(response, 422, "invalid_channel")

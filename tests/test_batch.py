@@ -170,6 +170,26 @@ def test_a_line_in_another_encoding_becomes_an_error_row(tmp_path, settings):
     assert (summary.rows_read, summary.triaged) == (3, 2)
 
 
+def test_escaped_lone_surrogates_never_reach_the_output(tmp_path, settings):
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        '{"id": "a\\ud83d", "text": "快递没到"}\n{"id": "b", "text": "\\ud83d 谢谢"}\n', "utf-8"
+    )
+    out = tmp_path / "out.jsonl"
+    run_batch(source, out, settings, QUIET)
+    records = read_jsonl(out)
+    assert [r["id"] for r in records] == ["1", "b"]  # an id that cannot be written: the line
+    assert records[1]["masked_text"] == "\ufffd 谢谢"
+
+
+def test_a_badly_encoded_column_that_is_not_read_loses_nothing(tmp_path, settings):
+    source = tmp_path / "in.csv"
+    source.write_bytes("id,text,备注\n1,快递没到,".encode() + "客户很急".encode("gbk") + b"\n")
+    out = tmp_path / "out.jsonl"
+    run_batch(source, out, settings, QUIET)
+    assert "error" not in read_jsonl(out)[0]
+
+
 def test_csv_in_the_encoding_given_is_read(tmp_path, settings):
     source = tmp_path / "in.csv"
     source.write_bytes("id,text\n1,空调不制冷\n2,退款什么时候到账\n".encode("gb18030"))
@@ -178,8 +198,9 @@ def test_csv_in_the_encoding_given_is_read(tmp_path, settings):
     assert [r["masked_text"] for r in read_jsonl(out)] == ["空调不制冷", "退款什么时候到账"]
     run_batch(source, out, settings, QUIET)  # read as UTF-8: every row is an error row
     assert {r["error"]["code"] for r in read_jsonl(out)} == {"invalid_encoding"}
-    with pytest.raises(InputError, match="encoding: expected a text encoding"):
-        BatchOptions(encoding="klingon")
+    for codec in ("klingon", "hex"):
+        with pytest.raises(InputError, match="encoding: expected a text encoding"):
+            BatchOptions(encoding=codec)
 
 
 @pytest.mark.parametrize(
@@ -215,7 +236,7 @@ def test_unknown_channel_becomes_an_error_row(tmp_path, settings):
     run_batch(write_csv(tmp_path / "in.csv", rows), out, settings, QUIET)
     records = read_jsonl(out)
     assert records[0]["error"]["code"] == "unknown_label"
-    assert "channel 'fax': expected one of" in records[0]["error"]["message"]
+    assert "channel: 'fax' is not one of" in records[0]["error"]["message"]
     assert "error" not in records[1]
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.factories import make_result
+from tests.factories import cue, make_result
 from triage.followups import classify_followup, load_followup_lexicon
 
 LEXICON = load_followup_lexicon()
@@ -60,6 +60,12 @@ def test_severe_cue_makes_a_thank_you_a_new_complaint():
     decision = classify_followup(result, LEXICON, "P1")
     assert decision.kind == "new_complaint"
     assert decision.reasons == ("P1 cue: legal 'x'",)
+
+
+def test_a_severe_cue_whose_gate_stayed_closed_does_not_reopen():
+    result = make_result(text="谢谢,以后有问题我再问12315怎么投诉", **CALM)
+    result.cues = [cue("regulator", "12315", applied=False)]
+    assert classify_followup(result, LEXICON, "P1").kind == "thanks"
 
 
 def test_lower_urgency_cue_does_not_turn_thanks_into_a_complaint():

@@ -204,6 +204,7 @@ def test_complaint_gate_opens_for_complaints_only(small_pipeline, complaint, urg
     pipeline = _fixed(small_pipeline, "P4", lexicon, complaint=complaint)
     result = pipeline.triage_one("有人冒用我的身份开户")
     assert result.urgency == urgency
+    assert [c.applied for c in result.cues if c.kind == "fraud"] == [urgency == "P1"]
     threshold = f"{pipeline.thresholds.complaint:.2f}"
     expected = (
         f"urgency raised from P4 (model) to P1 by cue fraud: '冒用' (gate: complaint score "

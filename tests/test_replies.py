@@ -198,6 +198,22 @@ def test_bad_drafts_are_flagged_with_a_suggestion(draft, kind):
             assert draft[finding.start : finding.end] == finding.text
 
 
+@pytest.mark.parametrize(
+    "draft",
+    [
+        "您好，您找到订单了吗？我们去查一下。",
+        "如您找不到入口，我们去帮您操作。",
+        "您找的师傅明天过去。",
+        "以上都是您可以享受的权益。",
+        "非使用不当造成的质量问题我们免费维修。",
+        "您也可以找银行核实这笔扣款。",
+    ],
+)
+def test_polite_phrases_that_share_words_with_blame_or_refusal_are_not_flagged(draft):
+    kinds = {f.kind for f in check_reply(draft, RULES).findings}
+    assert not kinds & {"blame", "refusal", "sarcasm"}, kinds
+
+
 @pytest.mark.parametrize("draft", ["", "   ", "<p></p>", "\u200b"])
 def test_a_draft_with_no_text_is_an_input_error(draft):
     with pytest.raises(EmptyTextError):

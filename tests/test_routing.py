@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.factories import make_result
+from tests.factories import cue, make_result
 from triage.cues import load_cue_lexicon
 from triage.errors import ConfigError
 from triage.routing import (
@@ -210,6 +210,14 @@ def test_routing_decision(router, result_fields, customer, rule, team, skill, pr
     assert decision.preferred_handler == preferred
     assert decision.notify == notify
     assert decision.reason.startswith(f"rule {rule}" if rule != "topic_team" else "no rule")
+
+
+def test_a_cue_whose_gate_stayed_closed_routes_nothing(router):
+    result = make_result(urgency="P4", is_complaint=False, topic="inquiry")
+    result.cues = [cue("regulator", "12315", applied=False)]  # "请问12315的电话是多少"
+    facts = Facts.of(result, None)
+    assert facts.cues == frozenset()
+    assert router.decide(facts).rule == "topic_team"
 
 
 def test_decision_reason_names_the_facts_that_matched(router):

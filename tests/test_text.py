@@ -129,6 +129,10 @@ def test_normalize_collapses_whitespace(raw, expected):
     assert normalize(raw) == expected
 
 
+def test_normalize_replaces_a_lone_surrogate():
+    assert normalize("好\ud83d评") == "好\ufffd评"
+
+
 @pytest.mark.parametrize(
     "invisible",
     ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\x00", "\x07", "\x7f"],

@@ -58,8 +58,10 @@ CSV_COLUMNS = (
 # texts that long must become a "too long" error row instead.
 CSV_FIELD_LIMIT = 64 * 1024 * 1024
 # Bytes that do not decode are read as lone surrogates ("surrogateescape"), so that one badly
-# encoded row becomes an error row instead of ending the run.
-_UNDECODED = re.compile("[\udc80-\udcff]")
+# encoded row becomes an error row instead of ending the run. A JSON escape such as "\ud83d"
+# gives one too: normalising replaces it in a text, and an id holding one is replaced by the
+# row number, since no lone surrogate may reach the output (strict UTF-8).
+_UNDECODED = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ class BatchOptions:
                 f"chunk_size and workers must be at least 1 (got {self.chunk_size}, {self.workers})"
             )
         try:
-            codecs.lookup(self.encoding)
+            "".encode(self.encoding)  # a text encoding: codecs such as hex or base64 fail here
         except LookupError:
             raise InputError(
                 f"encoding: expected a text encoding such as utf-8 or gb18030 "
@@ -158,6 +160,10 @@ def _row_id(value: Any, number: int) -> str:
     return str(number) if value is None or value == "" else str(value)
 
 
+def _undecoded(*values: Any) -> bool:
+    return any(isinstance(v, str) and _UNDECODED.search(v) for v in values)
+
+
 def _blank_to_none(value: Any) -> Any:
     return None if value == "" else value
 
@@ -188,18 +194,17 @@ def _csv_rows(stream: IO[str], source: str, options: BatchOptions) -> Iterator[R
     def rows() -> Iterator[Row]:
         try:
             for number, record in enumerate(reader, start=1):
-                if any(isinstance(v, str) and _UNDECODED.search(v) for v in record.values()):
-                    where = f"row {number} (line {reader.line_num})"
-                    yield Row(number, str(number), error=options.undecoded(where))
-                    continue
                 text = record.get(options.text_column)
-                yield Row(
-                    number,
-                    _row_id(record.get(options.ids_from), number),
-                    text,
-                    _blank_to_none(record.get(options.channel_column)),
-                    None if text is not None else ("missing_text", "the row has no text field"),
-                )
+                channel = _blank_to_none(record.get(options.channel_column))
+                row_id = _row_id(record.get(options.ids_from), number)
+                if _undecoded(row_id):
+                    row_id = str(number)
+                if _undecoded(row_id, text, channel):  # other columns are not read
+                    where = f"row {number} (line {reader.line_num})"
+                    yield Row(number, row_id, error=options.undecoded(where))
+                    continue
+                missing = ("missing_text", "the row has no text field") if text is None else None
+                yield Row(number, row_id, text, channel, missing)
         except csv.Error as exc:
             raise InputError(f"{source}:{reader.line_num}: malformed CSV ({exc})") from exc
 
@@ -224,14 +229,12 @@ def _jsonl_row(number: int, line: str, options: BatchOptions) -> Row:
             ),
         )
     row_id = _row_id(record.get(options.ids_from), number)
+    text, channel = record.get(options.text_column), record.get(options.channel_column)
+    if _undecoded(row_id):  # an escape such as "\ud83d" cannot be written out
+        row_id = str(number)
     if options.text_column not in record:
         return Row(number, row_id, error=("missing_text", f"no {options.text_column!r} field"))
-    return Row(
-        number,
-        row_id,
-        record[options.text_column],
-        _blank_to_none(record.get(options.channel_column)),
-    )
+    return Row(number, row_id, text, _blank_to_none(channel))
 
 
 def _jsonl_rows(stream: IO[str], source: str, options: BatchOptions) -> Iterator[Row]:

@@ -80,7 +80,7 @@ def describe(result: TriageResult, pipeline: TriagePipeline) -> str:
         topic += "; also " + ", ".join(result.secondary_topics)
     model_urgency = max(result.urgency_scores, key=lambda level: result.urgency_scores[level])
     rank = pipeline.taxonomy.urgency_rank
-    raising = [cue for cue in result.cues if rank(cue.floor) < rank(model_urgency)]
+    raising = [c for c in result.cues if c.applied and rank(c.floor) < rank(model_urgency)]
     if result.urgency != model_urgency:
         cues = ", ".join(f"{cue.kind} {cue.text!r} (floor {cue.floor})" for cue in raising)
         urgency = f"{result.urgency}, raised from {model_urgency} (model) by {cues}"
@@ -560,11 +560,9 @@ def check(
     if draft == "-":
         draft = sys.stdin.read()
     settings = _settings(model_dir=model_dir)
-    channels = load_taxonomy(settings.taxonomy_path).channels
-    if channel is not None and channel not in channels:
-        raise click.BadParameter(
-            f"expected one of {channels} (got {channel!r})", param_hint="--channel"
-        )
+    problem = load_taxonomy(settings.taxonomy_path).unknown("channel", channel)
+    if problem:
+        raise click.BadParameter(problem, param_hint="--channel")
     complaint, collections = True, False
     if message is not None:
         _announce_training(settings)

@@ -70,6 +70,10 @@ MAX_KEYWORD_HITS = 3
 # topic's situations lose SECONDARY_TOPIC_PENALTY per rank (fixed by hand, not tuned on dev).
 KEYWORD_WEIGHT = 0.15
 SECONDARY_TOPIC_PENALTY = 0.3
+# With a situation head, a message that is not a complaint gets drafts of its own topics (its
+# topic and secondary topics) before any other: the blend was chosen on complaints, and for a
+# question or a thank-you the head pulls towards complaint situations of other topics.
+OTHER_TOPIC_PENALTY = 100.0
 # How much tone fit and each unfillable required slot move a template within its situation.
 TONE_WEIGHT = 0.1
 MISSING_SLOT_PENALTY = 0.5
@@ -517,7 +521,7 @@ class ReplySuggester:
         self, result: TriageResult, classifier_p: Scores, prior: Scores | None, similarity: Scores
     ) -> _Candidates:
         """With a situation head: every situation of the bank, by :class:`SelectionWeights`
-        (with the complaint prior for complaints)."""
+        (with the complaint prior for complaints; a non-complaint's own topics first)."""
         found = self._found(result.masked_text)
         topic_scores = result.topic_scores
         topic_p = np.array([topic_scores.get(t, 0.0) for t in self._topics])[self._situation_topic]
@@ -525,6 +529,11 @@ class ReplySuggester:
         scores = self.weights.combine(
             topic_p, classifier_p, similarity, self._keyword_counts(found), prior
         )
+        if not result.is_complaint:
+            penalty = np.full(len(scores), OTHER_TOPIC_PENALTY)
+            for topic in (result.topic, *result.secondary_topics):
+                penalty[self._topic_positions.get(topic, _NONE)] = 0.0
+            scores = scores - penalty
         return _Candidates(
             self._all_positions, scores, similarity, found, topic_p, classifier_p, prior
         )

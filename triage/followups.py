@@ -61,7 +61,7 @@ def classify_followup(
     persists (a negated closing phrase such as "还没解决", or "没收到") reopens the ticket to
     its handler, even though such a message reads as a negative complaint; any other negative
     complaint is a new one."""
-    severe = [cue for cue in result.cues if cue.floor == top_urgency]
+    severe = [cue for cue in result.cues if cue.floor == top_urgency and cue.applied]
     if severe:
         cues = ", ".join(f"{cue.kind} {cue.text!r}" for cue in severe)
         return FollowupDecision("new_complaint", (f"{top_urgency} cue: {cues}",))

@@ -57,8 +57,9 @@ class MaskedText:
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 # 18 characters, or written in groups of 6, 8 and 4 (110101 19900307 1233).
 _ID = re.compile(r"(?<![0-9A-Za-z])\d{6}([ -]?)\d{8}\1\d{3}[\dXx](?![0-9A-Za-z])")
-# After a label, up to four characters (号码是:) before the number; the number is the group.
-_LABEL_GAP = r"(?:号码|号)?[^\d\n]{0,4}?"
+# Between a label and its number only 号码/号, 是/为, a colon and spaces (身份证号码是: …): a label
+# followed by other words (银行卡支付订单 …) introduces something else.
+_LABEL_GAP = r"(?:号码|号)?\s*(?:是|为)?\s*[:：]?\s*"
 _LABELED_ID = re.compile(
     r"(?:身份证|证件)" + _LABEL_GAP + r"(?P<value>\d{6}([ -]?)\d{8}\2\d{3}[\dXx]|\d{15})"
     r"(?![0-9A-Za-z])"
@@ -72,9 +73,11 @@ _LABELED_CARD = re.compile(
 # order and tracking numbers (often date-prefixed: 2024...) out.
 _CARD = re.compile(r"(?<![0-9])[3-6](?:[ -]?\d){11,17}\d(?![0-9])")
 _MOBILE = re.compile(r"(?<![0-9])(?:(?:\+|00)?86[ -]?)?1[3-9]\d[ -]?\d{4}[ -]?\d{4}(?![0-9])")
-# The local number may be split in two (6123 4567), the area code in brackets with a space.
+# The local number may be split in two (6123 4567) after an area code in brackets or with a
+# hyphen; three groups of digits with spaces only (0411 2345 6789) are more often an order number.
 _LANDLINE = re.compile(
-    r"(?<![0-9])(?:\(0\d{2,3}\) ?|0\d{2,3}[ -]?)[2-9]\d{2,3}[ -]?\d{4}(?:-\d{1,5})?(?![0-9])"
+    r"(?<![0-9])(?:(?:\(0\d{2,3}\) ?|0\d{2,3}-)[2-9]\d{2,3}[ -]?\d{4}|0\d{2,3}[ -]?[2-9]\d{6,7})"
+    r"(?:-\d{1,5})?(?![0-9])"
 )
 
 

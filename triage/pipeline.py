@@ -150,12 +150,12 @@ class TriagePipeline:
 
     def _check_known(self, message: Message) -> None:
         """A channel or tier the taxonomy does not list would silently lose drafts or routing."""
-        channels, tiers = self.taxonomy.channels, self.taxonomy.customer_tiers
-        if message.channel is not None and message.channel not in channels:
-            raise UnknownLabelError(f"channel {message.channel!r}: expected one of {channels}")
-        tier = message.customer.tier if message.customer else None
-        if tier is not None and tier not in tiers:
-            raise UnknownLabelError(f"customer tier {tier!r}: expected one of {tiers}")
+        problem = self.taxonomy.unknown("channel", message.channel)
+        if problem:
+            raise UnknownLabelError(f"channel: {problem}")
+        problem = self.taxonomy.unknown("tier", message.customer.tier if message.customer else None)
+        if problem:
+            raise UnknownLabelError(f"customer tier: {problem}")
 
     def preprocess(self, message: Message) -> Prepared:
         """Normalise, mask personal data and find urgency cues; rejects unusable text."""
@@ -170,7 +170,7 @@ class TriagePipeline:
         masked = mask_pii(normalized).text
         cues = [_cue_hit(cue) for cue in self.lexicon.find(masked)]
         tier = message.customer.tier if message.customer else None
-        if tier and tier.lower() == "vip" and "vip" in self.lexicon.kinds:
+        if tier == "vip" and "vip" in self.lexicon.kinds:
             cues.append(self.metadata_cue("vip", "customer.tier=vip"))
         return Prepared(message.id, masked, message.channel, cues, message.product)
 
@@ -278,7 +278,10 @@ class TriagePipeline:
             sentiment_scores=scores(sentiments, sentiment_p),
             urgency=urgency,
             urgency_scores=scores(levels, urgency_p),
-            cues=prepared.cues,
+            cues=[
+                cue if gates[cue.kind][0] else cue.model_copy(update={"applied": False})
+                for cue in prepared.cues
+            ],
             is_complaint=is_complaint,
             complaint_score=round(complaint_score, 4),
             needs_review=bool(reasons),

@@ -284,12 +284,12 @@ class Facts:
         return cls(
             topic=result.topic,
             urgency=result.urgency,
-            cues=frozenset(cue.kind for cue in result.cues),
+            cues=frozenset(cue.kind for cue in result.cues if cue.applied),
             sentiment=result.sentiment,
             sentiment_score=result.sentiment_score,
             is_complaint=result.is_complaint,
             channel=result.channel,
-            tier=customer.tier.lower() if customer and customer.tier else None,
+            tier=customer.tier if customer else None,
             customer_id=customer.id if customer else None,
         )
 

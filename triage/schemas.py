@@ -18,8 +18,9 @@ class Customer(BaseModel):
     @field_validator("tier")
     @classmethod
     def _tier_as_written_in_the_taxonomy(cls, tier: str | None) -> str | None:
-        """Tiers are matched in lower case without surrounding spaces (" VIP " is vip)."""
-        return tier.strip().lower() if tier is not None else None
+        """Tiers are matched in lower case without surrounding spaces (" VIP " is vip); a
+        blank tier is no tier."""
+        return (tier.strip().lower() or None) if tier is not None else None
 
 
 class Message(BaseModel):
@@ -48,6 +49,11 @@ class CueHit(BaseModel):
     end: int | None
     floor: str = Field(description="the lowest urgency this cue allows")
     source: Literal["text", "metadata"] = "text"
+    applied: bool = Field(
+        default=True,
+        description="whether its floor applied: false when its kind's gate stayed closed (the "
+        "explanation says why); routing and follow-ups act on applied cues only",
+    )
 
 
 class ModelInfo(BaseModel):

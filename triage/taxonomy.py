@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -73,6 +74,14 @@ class Taxonomy(_Strict):
     def urgency_rank(self, urgency: str) -> int:
         """0 for the most urgent level; larger is less urgent."""
         return self.urgency_ids.index(urgency)
+
+    def unknown(self, field: Literal["channel", "tier"], value: str | None) -> str | None:
+        """Why a message's channel or customer tier is not this taxonomy's; None when it is
+        (or is not given). Every entry point words the problem alike."""
+        allowed = self.channels if field == "channel" else self.customer_tiers
+        if value is None or value in allowed:
+            return None
+        return f"{value!r} is not one of {allowed}"
 
 
 def load_taxonomy(path: Path | None = None) -> Taxonomy:

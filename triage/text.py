@@ -25,7 +25,10 @@ _TAG = re.compile(
 )
 # Zero-width and formatting characters, and control characters other than whitespace: text
 # made only of them is empty text.
-_INVISIBLE = re.compile("[\u200b-\u200f\u2060\ufeff\u00ad\x00-\x08\x0e-\x1f\x7f]")
+_INVISIBLE = re.compile("[\u200b-\u200f\u2060\ufeff\u00ad\x00-\x08\x0e-\x1f\x7f-\x9f]")
+# A lone surrogate (a JSON escape such as "\ud83d" without its pair) is no character: it becomes
+# U+FFFD, as a decoder would make it, instead of failing every later step.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _SPACES = re.compile(r"[^\S\n]+")
 _NEWLINES = re.compile(r"\s*\n\s*")
 
@@ -125,7 +128,7 @@ def normalize(text: str) -> str:
     Full-width forms are folded first so that full-width or entity-encoded markup is recognised;
     markup is stripped until nothing changes, which makes the function idempotent.
     """
-    text = _INVISIBLE.sub("", nfkc(text))
+    text = _INVISIBLE.sub("", nfkc(_LONE_SURROGATE.sub("\ufffd", text)))
     while (stripped := _INVISIBLE.sub("", nfkc(strip_html(text)))) != text:
         text = stripped
     text = str(_t2s().convert(text))

@@ -682,7 +682,7 @@ class TicketService:
             if ticket.status != RESOLVED:
                 raise TransitionError(f"ticket {ticket_id} is {ticket.status}, not resolved")
             self.db.lock_teams(session, [ticket.team_id])
-            reason = _masked(reason) if reason else "reopened by an agent"
+            reason = (_masked(reason) if reason else "") or "reopened by an agent"
             self._reopen(session, ticket, now, actor, reason)
             return self._detail(session, ticket)
 
@@ -901,7 +901,7 @@ class TicketService:
                 created_at=now,
                 labels=labels,
                 corrected=sorted(corrections),
-                note=_masked(request.note) if request.note else request.note,
+                note=(_masked(request.note) if request.note else "") or None,
             )
             session.add(feedback)
             if message is customer_messages[0]:
