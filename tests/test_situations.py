@@ -308,7 +308,7 @@ def test_the_head_learns_the_bank_examples_of_the_newer_situations(small_pipelin
     labels = [tuple(label.split(".", 1)) for label in engine.heads["situation"].labels]
     for example in template.examples:
         # The bank's examples are complaints, whatever the small model's complaint head says
-        # (a non-complaint's drafts are kept to its own topics).
+        # (a non-complaint's drafts are kept to its own topic).
         result = small_pipeline([Message(text=example)])[0].model_copy(
             update={"is_complaint": True}
         )
@@ -399,9 +399,10 @@ def _drafts_by_definition(
             )
             for topic, situation in BANK.situations()
         }
-        if not result.is_complaint:  # a non-complaint's own topics first
-            own = {result.topic, *result.secondary_topics}
-            scores = {k: v - (k[0] not in own) * OTHER_TOPIC_PENALTY for k, v in scores.items()}
+        if not result.is_complaint:  # a non-complaint's own topic first
+            scores = {
+                k: v - (k[0] != result.topic) * OTHER_TOPIC_PENALTY for k, v in scores.items()
+            }
     else:
         topics = [result.topic, *result.secondary_topics]
         scores = {

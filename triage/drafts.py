@@ -70,9 +70,9 @@ MAX_KEYWORD_HITS = 3
 # topic's situations lose SECONDARY_TOPIC_PENALTY per rank (fixed by hand, not tuned on dev).
 KEYWORD_WEIGHT = 0.15
 SECONDARY_TOPIC_PENALTY = 0.3
-# With a situation head, a message that is not a complaint gets drafts of its own topics (its
-# topic and secondary topics) before any other: the blend was chosen on complaints, and for a
-# question or a thank-you the head pulls towards complaint situations of other topics.
+# With a situation head, a message that is not a complaint gets drafts of its own topic before
+# any other: the blend was chosen on complaints, and for a question or a thank-you the head pulls
+# towards complaint situations of other topics (secondary topics included, out of fold).
 OTHER_TOPIC_PENALTY = 100.0
 # How much tone fit and each unfillable required slot move a template within its situation.
 TONE_WEIGHT = 0.1
@@ -521,7 +521,7 @@ class ReplySuggester:
         self, result: TriageResult, classifier_p: Scores, prior: Scores | None, similarity: Scores
     ) -> _Candidates:
         """With a situation head: every situation of the bank, by :class:`SelectionWeights`
-        (with the complaint prior for complaints; a non-complaint's own topics first)."""
+        (with the complaint prior for complaints; a non-complaint's own topic first)."""
         found = self._found(result.masked_text)
         topic_scores = result.topic_scores
         topic_p = np.array([topic_scores.get(t, 0.0) for t in self._topics])[self._situation_topic]
@@ -531,8 +531,7 @@ class ReplySuggester:
         )
         if not result.is_complaint:
             penalty = np.full(len(scores), OTHER_TOPIC_PENALTY)
-            for topic in (result.topic, *result.secondary_topics):
-                penalty[self._topic_positions.get(topic, _NONE)] = 0.0
+            penalty[self._topic_positions.get(result.topic, _NONE)] = 0.0
             scores = scores - penalty
         return _Candidates(
             self._all_positions, scores, similarity, found, topic_p, classifier_p, prior
