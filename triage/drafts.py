@@ -72,7 +72,8 @@ KEYWORD_WEIGHT = 0.15
 SECONDARY_TOPIC_PENALTY = 0.3
 # With a situation head, a message that is not a complaint gets drafts of its own topic before
 # any other: the blend was chosen on complaints, and for a question or a thank-you the head pulls
-# towards complaint situations of other topics (secondary topics included, out of fold).
+# towards complaint situations of other topics. Out of fold, the topic alone did better than
+# the topic with its secondary topics (docs/benchmarks.md section 8).
 OTHER_TOPIC_PENALTY = 100.0
 # How much tone fit and each unfillable required slot move a template within its situation.
 TONE_WEIGHT = 0.1
