@@ -99,8 +99,7 @@ class BatchOptions:
 
     def undecoded(self, where: str) -> tuple[str, str]:
         """The error of a row whose bytes are not text in the input's encoding."""
-        utf8 = codecs.lookup(self.encoding).name == "utf-8"
-        hint = " (files saved by Chinese Excel: --encoding gb18030)" if utf8 else ""
+        hint = " (files saved by Chinese Excel: --encoding gb18030)" if _utf8(self.encoding) else ""
         return "invalid_encoding", f"{where}: not {self.encoding} text{hint}"
 
 
@@ -160,6 +159,10 @@ def _row_id(value: Any, number: int) -> str:
     return str(number) if value is None or value == "" else str(value)
 
 
+def _utf8(encoding: str) -> bool:
+    return codecs.lookup(encoding).name == "utf-8"
+
+
 def _undecoded(*values: Any) -> bool:
     return any(isinstance(v, str) and _UNDECODED.search(v) for v in values)
 
@@ -176,7 +179,7 @@ def _check_header(columns: list[str], source: str, options: BatchOptions) -> Non
     """The header must decode and name the text column once, and the id column if one is named."""
     if not columns:
         raise InputError(f"{source}: the file is empty; expected a header row with a text column")
-    if any(_UNDECODED.search(column) for column in columns):
+    if _undecoded(*columns):
         raise InputError(f"{source}:1: {options.undecoded('the header row')[1]}")
     wanted = [options.text_column] + ([options.id_column] if options.id_column else [])
     for name in wanted:
@@ -212,7 +215,7 @@ def _csv_rows(stream: IO[str], source: str, options: BatchOptions) -> Iterator[R
 
 
 def _jsonl_row(number: int, line: str, options: BatchOptions) -> Row:
-    if _UNDECODED.search(line):
+    if _undecoded(line):
         return Row(number, str(number), error=options.undecoded(f"line {number}"))
     try:
         record = json.loads(line)
@@ -262,8 +265,7 @@ def _jsonl_rows(stream: IO[str], source: str, options: BatchOptions) -> Iterator
 def _reading(encoding: str) -> tuple[str, str]:
     """How input is decoded: utf-8-sig drops the byte order mark that spreadsheet programs put
     before CSV headers; bytes that do not decode become error rows (see ``_UNDECODED``)."""
-    utf8 = codecs.lookup(encoding).name == "utf-8"
-    return "utf-8-sig" if utf8 else encoding, "surrogateescape"
+    return "utf-8-sig" if _utf8(encoding) else encoding, "surrogateescape"
 
 
 @contextmanager
