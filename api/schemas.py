@@ -11,7 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from triage.schemas import Message, ModelInfo, ReplyDraft, TriageResult
+from triage.schemas import ExternalId, Message, ModelInfo, ReplyDraft, TriageResult
+from triage.store.service import TicketFilter
 
 
 class BatchRequest(BaseModel):
@@ -125,10 +126,22 @@ class FollowupRequest(BaseModel):
 
     text: str
     author: Literal["customer", "agent"] = "customer"
-    author_id: str | None = Field(default=None, max_length=200, description="agent or customer")
-    id: str | None = Field(
-        default=None, max_length=200, description="client message id; a retry with it is ignored"
+    author_id: ExternalId | None = Field(default=None, description="agent or customer")
+    id: ExternalId | None = Field(
+        default=None,
+        description="client message id: a retry with the same text is answered as the first "
+        "time, the id with another text is a conflict",
     )
+
+
+class TicketQuery(TicketFilter):
+    """The filters and page of ``GET /v1/tickets``. An unknown parameter is refused: ignored, a
+    misspelt filter would answer with every ticket."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(default=50, ge=1, le=200)
+    offset: int = Field(default=0, ge=0)
 
 
 class AssignRequest(BaseModel):

@@ -4,17 +4,22 @@ feedback, handlers' duty, team queues and the SLA report. Thin: the work is in
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Response, status
 
 from triage.api.deps import SettingsDep, TicketsDep
+from triage.api.errors import ApiError
 from triage.api.schemas import (
     AssignRequest,
     DutyRequest,
+    ErrorDetail,
     ErrorResponse,
     FollowupRequest,
     StatusRequest,
+    TicketQuery,
 )
 from triage.api.validation import check_messages
 from triage.schemas import Message
@@ -28,9 +33,8 @@ from triage.store.schemas import (
     TeamView,
     TicketDetail,
     TicketPage,
-    TicketStatus,
 )
-from triage.store.service import TicketFilter
+from triage.store.service import InvalidFieldsError
 
 router = APIRouter(prefix="/v1", tags=["tickets"])
 
@@ -46,6 +50,19 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         code: {"model": ErrorResponse, "description": described[code]} for code in codes
     }
     return responses
+
+
+@contextmanager
+def _named_by_loc(where: Literal["body", "query"]) -> Iterator[None]:
+    """The store's :class:`InvalidFieldsError` as any input error is answered (422, its code
+    and message), with details naming each field by its ``loc`` as request validation does."""
+    try:
+        yield
+    except InvalidFieldsError as exc:
+        details = [
+            ErrorDetail(loc=[where, *p.field], msg=p.message, type=exc.code) for p in exc.problems
+        ]
+        raise ApiError(422, exc.code, str(exc), details) from exc
 
 
 @router.post(
@@ -76,22 +93,11 @@ def create_ticket(
 
 
 @router.get("/tickets", responses=_errors(422, 503))
-def list_tickets(
-    tickets: TicketsDep,
-    team: str | None = None,
-    status: TicketStatus | None = None,
-    urgency: str | None = None,
-    handler: str | None = None,
-    customer_id: str | None = None,
-    breached: Annotated[
-        bool | None, Query(description="true: a deadline was missed; false: none was")
-    ] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> TicketPage:
-    """Tickets matching every filter given, newest first, one page at a time."""
-    filters = TicketFilter(team, status, urgency, handler, customer_id, breached)
-    return tickets.list_tickets(filters, limit=limit, offset=offset)
+def list_tickets(query: Annotated[TicketQuery, Query()], tickets: TicketsDep) -> TicketPage:
+    """Tickets matching every filter given, newest first, one page at a time. An unknown
+    parameter, team, urgency or topic is a 422, not an empty or unfiltered page."""
+    with _named_by_loc("query"):
+        return tickets.list_tickets(query, limit=query.limit, offset=query.offset)
 
 
 @router.get("/tickets/{ticket_id}", responses=_errors(404, 503))
@@ -100,13 +106,14 @@ def get_ticket(ticket_id: int, tickets: TicketsDep) -> TicketDetail:
     return tickets.get(ticket_id)
 
 
-@router.post("/tickets/{ticket_id}/messages", responses=_errors(404, 422, 503))
+@router.post("/tickets/{ticket_id}/messages", responses=_errors(404, 409, 422, 503))
 def add_message(
     ticket_id: int, request: FollowupRequest, settings: SettingsDep, tickets: TicketsDep
 ) -> MessageOutcome:
     """A follow-up from the customer (thanks or a confirmation never reopen; a new complaint
     escalates; anything else reopens a resolved ticket) or an agent's reply (the first one
-    stops the first-response clock)."""
+    stops the first-response clock). A message `id` sent again with the same text answers
+    `replayed: true`; with another text, 409 `idempotency_key_reused`."""
     check_messages([Message(text=request.text)], settings, tickets.taxonomy, batch=False)
     return tickets.add_message(
         ticket_id,
@@ -118,21 +125,32 @@ def add_message(
 
 
 @router.post("/tickets/{ticket_id}/assign", responses=_errors(404, 409, 503))
-def assign_ticket(ticket_id: int, request: AssignRequest, tickets: TicketsDep) -> TicketDetail:
+def assign_ticket(
+    ticket_id: int, tickets: TicketsDep, request: AssignRequest | None = None
+) -> TicketDetail:
     """Give the ticket to a handler (on duty and below capacity, else 409), or let routing pick
-    one in its team when no handler is named."""
+    one in its team when no handler is named. Every field is optional, so is the body."""
+    request = request or AssignRequest()
     return tickets.assign(ticket_id, request.handler_id, request.actor)
 
 
 @router.post("/tickets/{ticket_id}/resolve", responses=_errors(404, 409, 503))
-def resolve_ticket(ticket_id: int, request: StatusRequest, tickets: TicketsDep) -> TicketDetail:
-    """Resolve the ticket; its handler's freed capacity goes to the team's queue."""
-    return tickets.resolve(ticket_id, request.actor)
+def resolve_ticket(
+    ticket_id: int, tickets: TicketsDep, request: StatusRequest | None = None
+) -> TicketDetail:
+    """Resolve the ticket (the reason is kept, masked, in its events); its handler's freed
+    capacity goes to the team's queue. Every field is optional, so is the body."""
+    request = request or StatusRequest()
+    return tickets.resolve(ticket_id, request.actor, request.reason)
 
 
 @router.post("/tickets/{ticket_id}/reopen", responses=_errors(404, 409, 503))
-def reopen_ticket(ticket_id: int, request: StatusRequest, tickets: TicketsDep) -> TicketDetail:
-    """Reopen a resolved ticket: back to its last handler when they have room."""
+def reopen_ticket(
+    ticket_id: int, tickets: TicketsDep, request: StatusRequest | None = None
+) -> TicketDetail:
+    """Reopen a resolved ticket: back to its last handler when they have room. Every field is
+    optional, so is the body."""
+    request = request or StatusRequest()
     return tickets.reopen(ticket_id, request.actor, request.reason)
 
 
@@ -144,7 +162,8 @@ def reopen_ticket(ticket_id: int, request: StatusRequest, tickets: TicketsDep) -
 def add_feedback(ticket_id: int, request: FeedbackRequest, tickets: TicketsDep) -> FeedbackView:
     """An agent's corrected labels for a customer message, stored with who and when; `triage
     feedback export` turns them into training data."""
-    return tickets.add_feedback(ticket_id, request)
+    with _named_by_loc("body"):
+        return tickets.add_feedback(ticket_id, request)
 
 
 @router.get("/handlers", responses=_errors(503))

@@ -122,3 +122,22 @@ def test_sla_state_at_a_fixed_moment(timer, minutes, state, breached, at_risk, d
     assert status.breached == breached
     assert status.at_risk == at_risk
     assert status.due_at == (T0 + timedelta(minutes=due_in) if due_in is not None else None)
+
+
+def test_a_raised_urgency_counts_its_targets_from_now_and_never_postpones():
+    created = POLICY.deadlines("P3", T0)
+    late = T0 + timedelta(hours=2)
+    assert POLICY.raised("P1", late, created) == (
+        late + timedelta(minutes=30),
+        late + timedelta(hours=4),
+    )
+    # Already due sooner than the new target from now: unchanged.
+    nearly = (T0 + timedelta(minutes=10), T0 + timedelta(hours=1))
+    assert POLICY.raised("P1", T0, nearly) == nearly
+
+
+def test_a_lowered_urgency_counts_from_creation_and_never_brings_deadlines_forward():
+    p1 = POLICY.deadlines("P1", T0)
+    assert POLICY.lowered("P3", T0, p1) == POLICY.deadlines("P3", T0)
+    raised_late = (T0 + timedelta(hours=10), T0 + timedelta(days=4))
+    assert POLICY.lowered("P3", T0, raised_late) == raised_late

@@ -8,13 +8,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
+from sqlalchemy import select
 
 from tests.conftest import postgres_schema
 from tests.factories import FakeClock
@@ -30,11 +33,11 @@ from triage.followups import load_followup_lexicon
 from triage.pipeline import TriagePipeline
 from triage.routing import Router, RoutingConfig
 from triage.schemas import Customer, Message
-from triage.store.database import Database
+from triage.store.database import MIGRATIONS_DIR, Database
 from triage.store.feedback import feedback_records
-from triage.store.models import Base
+from triage.store.models import Base, TicketMessage
 from triage.store.schemas import FeedbackRequest
-from triage.store.service import TicketFilter, TicketService
+from triage.store.service import InvalidFieldsError, Problem, TicketFilter, TicketService
 from triage.taxonomy import load_taxonomy
 from triage.training.corpus import load_corpus, seed_corpus_path
 
@@ -141,8 +144,8 @@ def loads(service: TicketService) -> dict[str, int]:
 def test_migrations_build_the_schema_the_models_describe(backend, tmp_path):
     def check(url: str) -> None:
         database = Database(url)
-        assert database.upgrade() == "0001"
-        assert database.upgrade() == "0001"  # a second run changes nothing
+        assert database.upgrade() == "0002"
+        assert database.upgrade() == "0002"  # a second run changes nothing
         with database.engine.connect() as connection:
             differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
         database.dispose()
@@ -159,7 +162,7 @@ def test_db_upgrade_command_creates_the_database(tmp_path):
     path = tmp_path / "nested" / "tickets.db"
     result = CliRunner().invoke(main, ["db", "upgrade", "--database-url", f"sqlite:///{path}"])
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == f"database sqlite:///{path} is at revision 0001"
+    assert result.output.strip() == f"database sqlite:///{path} is at revision 0002"
     assert path.is_file()
 
 
@@ -435,6 +438,91 @@ def test_a_resent_follow_up_is_recorded_once(service):
     assert not first.replayed and again.replayed
     assert again.message.id == first.message.id
     assert len(again.ticket.messages) == 2
+    with pytest.raises(IdempotencyKeyReusedError, match="message id 'f-1' was used for message"):
+        service.add_message(ticket.id, "还没退回来", client_message_id="f-1")
+
+
+@pytest.mark.parametrize("author", ["customer", "agent"])
+def test_concurrent_retries_of_a_message_store_it_once(make_service, monkeypatch, author):
+    """Every request passes the first look-up before any stores: the unique index decides."""
+    workers = [make_service(), make_service()]
+    ticket = create(workers[0], COMPLAINTS[0])
+    texts = ["还没收到,麻烦再查一下"] * 4 + ["已经收到了"] * 2
+    checked = threading.Barrier(len(texts))
+    # Customers' follow-ups are triaged between the look-up and the insert; replies are not.
+    if author == "customer":
+        triage = TriagePipeline.__call__
+
+        def triage_then_wait(self: TriagePipeline, *args: Any, **kwargs: Any) -> Any:
+            results = triage(self, *args, **kwargs)
+            checked.wait(30)
+            return results
+
+        monkeypatch.setattr(TriagePipeline, "__call__", triage_then_wait)
+    else:
+        reply = TicketService._agent_reply
+
+        def wait_then_reply(self: TicketService, *args: Any) -> Any:
+            checked.wait(30)
+            return reply(self, *args)
+
+        monkeypatch.setattr(TicketService, "_agent_reply", wait_then_reply)
+
+    def attempt(index: int) -> Any:
+        try:
+            return workers[index % 2].add_message(
+                ticket.id, texts[index], author=author, client_message_id="m-1"
+            )
+        except IdempotencyKeyReusedError as error:
+            return error
+
+    with ThreadPoolExecutor(len(texts)) as pool:
+        outcomes = list(pool.map(attempt, range(len(texts))))
+    stored = workers[0].get(ticket.id).messages[1:]  # after the opening message
+    assert len(stored) == 1
+    answered = [o for o in outcomes if not isinstance(o, IdempotencyKeyReusedError)]
+    assert {o.message.id for o in answered} == {stored[0].id}
+    assert sum(not o.replayed for o in answered) == 1
+    # Retries with the stored text are replays; those with the other text, conflicts.
+    same = [texts[i] == stored[0].masked_text for i in range(len(texts))]
+    assert [not isinstance(o, IdempotencyKeyReusedError) for o in outcomes] == same
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migration_keeps_duplicate_messages_but_one_client_id(backend, tmp_path, small_pipeline):
+    """Duplicates stored before the unique index existed must not stop the upgrade."""
+
+    def check(url: str) -> None:
+        service = TicketService(
+            Database(url), small_pipeline, Router(desk_config()), load_followup_lexicon()
+        )
+        service.db.upgrade()
+        service.sync_roster()
+        ticket = create(service, COMPLAINTS[0])
+        service.add_message(ticket.id, "还没收到", client_message_id="f-1")
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with service.db.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0001")
+        with service.db.transaction() as session:
+            follow_up = session.scalars(select(TicketMessage).order_by(TicketMessage.id)).all()[1]
+            for _ in range(2):
+                copy = {c.key: getattr(follow_up, c.key) for c in TicketMessage.__table__.columns}
+                session.add(TicketMessage(**(copy | {"id": None})))
+        assert service.db.upgrade() == "0002"
+        with service.db.transaction() as session:
+            ids = session.execute(
+                select(TicketMessage.id, TicketMessage.client_message_id).order_by(TicketMessage.id)
+            ).all()
+        service.db.dispose()
+        assert [client_id for _, client_id in ids] == [None, "f-1", None, None]
+
+    if backend == "sqlite":
+        check(f"sqlite:///{tmp_path / 'duplicates.db'}")
+    else:
+        with postgres_schema() as url:
+            check(url)
 
 
 # --- repeated contact ----------------------------------------------------------------------
@@ -510,6 +598,24 @@ def test_list_filters_and_pages(service):
     assert {t.handler for t in service.list_tickets(TicketFilter(handler="b")).items} == {"b"}
 
 
+def test_tickets_of_a_team_removed_from_the_routing_file_can_still_be_listed(service):
+    kept = create(service, LEGAL_THREAT)
+    data = desk_config().model_dump(mode="json")
+    del data["teams"]["escalation"]
+    data["teams"]["desk"]["escalation"] = None
+    data["handlers"] = [h for h in data["handlers"] if h["team"] != "escalation"]
+    data["rules"] = []
+    service.router = Router(RoutingConfig.model_validate(data))
+    service.sync_roster()
+    assert [t.id for t in service.list_tickets(TicketFilter(team="escalation")).items] == [kept.id]
+    with pytest.raises(InvalidFieldsError) as refused:
+        service.list_tickets(TicketFilter(team="nope", topic="x"))
+    assert [p.field for p in refused.value.problems] == [("team",), ("topic",)]
+    assert str(refused.value).startswith(
+        "filters: team: expected one of ['desk', 'escalation'] (got 'nope'); topic: "
+    )
+
+
 # --- feedback ------------------------------------------------------------------------------
 
 
@@ -528,14 +634,49 @@ def test_feedback_is_stored_with_who_and_when_and_corrects_the_ticket(service, c
     assert set(view.labels) == {"topic", "secondary_topics", "sentiment", "urgency", "is_complaint"}
     corrected = service.get(ticket.id)
     assert (corrected.topic, corrected.urgency) == ("after_sales", "P2")
-    assert corrected.sla.first_response_due_at == T0.replace(hour=11)
+    assert corrected.sla.first_response_due_at == clock.now + timedelta(hours=2)  # raised now
     assert corrected.feedback[0].id == view.id
-    with pytest.raises(InputError, match=r"topic: expected one of \[.*\] \(got 'shipping'\)"):
-        service.add_feedback(ticket.id, FeedbackRequest(agent="x", topic="shipping"))
+    with pytest.raises(InvalidFieldsError) as refused:
+        service.add_feedback(
+            ticket.id, FeedbackRequest(agent="x", topic="shipping", secondary_topics=["x"])
+        )
+    assert refused.value.problems[1] == Problem(
+        ("secondary_topics", 0), f"expected one of {TAXONOMY.topic_ids} (got 'x')"
+    )
+    assert "; secondary_topics[0]: expected one of" in str(refused.value)
     with pytest.raises(InputError, match="expected at least one of"):
         service.add_feedback(ticket.id, FeedbackRequest(agent="x"))
     with pytest.raises(NotFoundError, match="has no customer message 99"):
         service.add_feedback(ticket.id, FeedbackRequest(agent="x", message_id=99, topic="refund"))
+
+
+def test_concurrent_corrections_of_different_labels_keep_both(make_service, monkeypatch):
+    """Both requests start together and each takes a while after reading the latest correction:
+    without the ticket's row lock, PostgreSQL would let both build on the model's labels."""
+    workers = [make_service(), make_service()]
+    ticket = create(workers[0], COMPLAINTS[0])
+    assert (ticket.sentiment, ticket.urgency) != ("positive", "P4")
+    correct = TicketService._correct_ticket
+
+    def slow_correct(self: TicketService, *args: Any) -> None:
+        time.sleep(0.2)
+        correct(self, *args)
+
+    monkeypatch.setattr(TicketService, "_correct_ticket", slow_correct)
+    requests = [
+        FeedbackRequest(agent="a", sentiment="positive"),
+        FeedbackRequest(agent="b", urgency="P4"),
+    ]
+    start = threading.Barrier(len(requests))
+
+    def one(index: int) -> Any:
+        start.wait()
+        return workers[index].add_feedback(ticket.id, requests[index])
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        list(pool.map(one, range(len(requests))))
+    latest = workers[0].get(ticket.id).feedback[-1].labels
+    assert (latest["sentiment"], latest["urgency"]) == ("positive", "P4")
 
 
 def test_feedback_round_trip_into_training_data(service, database_url, tmp_path):

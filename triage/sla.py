@@ -71,6 +71,24 @@ class SlaPolicy(_Strict):
         target = self.targets[urgency]
         return created_at + target.first_response, created_at + target.resolution
 
+    def raised(
+        self, urgency: str, now: datetime, due: tuple[datetime, datetime]
+    ) -> tuple[datetime, datetime]:
+        """Deadlines once urgency rises to ``urgency`` at ``now``: each comes forward to now plus
+        the level's target, never later than it was. Counted from creation instead, a ticket
+        escalated late would be breached the moment it is escalated."""
+        first, resolution = self.deadlines(urgency, now)
+        return min(due[0], first), min(due[1], resolution)
+
+    def lowered(
+        self, urgency: str, created_at: datetime, due: tuple[datetime, datetime]
+    ) -> tuple[datetime, datetime]:
+        """Deadlines once an agent lowers urgency to ``urgency``: the level's targets from
+        creation (the ticket never was more urgent), never earlier than they were, so a lowered
+        urgency cannot breach a ticket that was on time."""
+        first, resolution = self.deadlines(urgency, created_at)
+        return max(due[0], first), max(due[1], resolution)
+
 
 SlaState = Literal["on_track", "at_risk", "breached", "met"]
 ClockName = Literal["first_response", "resolution"]

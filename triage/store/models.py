@@ -108,6 +108,10 @@ class Ticket(Base):
 
 class TicketMessage(Base):
     __tablename__ = "ticket_messages"
+    __table_args__ = (
+        # A client message id names one message per ticket, even when retries race.
+        Index("ux_ticket_messages_client_id", "ticket_id", "client_message_id", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)

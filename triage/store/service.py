@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, Select, func, literal, not_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
@@ -31,7 +32,15 @@ from triage.errors import (
 from triage.followups import FollowupLexicon, classify_followup
 from triage.pii import mask_pii
 from triage.pipeline import TriagePipeline
-from triage.routing import Candidate, Choice, Facts, Router, RoutingConfig, choose_handler
+from triage.routing import (
+    Candidate,
+    Choice,
+    Facts,
+    RouteDecision,
+    Router,
+    RoutingConfig,
+    choose_handler,
+)
 from triage.schemas import Message, TriageResult
 from triage.similarity import char_bigrams, cosine
 from triage.sla import Clock, Clocks, SlaStatus, sla_status, utc_now
@@ -64,6 +73,7 @@ from triage.store.schemas import (
     TicketEventView,
     TicketMessageView,
     TicketPage,
+    TicketStatus,
     TicketSummary,
 )
 from triage.text import normalize
@@ -79,14 +89,49 @@ REPEAT_CANDIDATES = 50
 FEEDBACK_LABELS = ("topic", "secondary_topics", "sentiment", "urgency", "is_complaint")
 
 
-@dataclass(frozen=True)
-class TicketFilter:
+class TicketFilter(BaseModel):
+    """Which tickets to list. A pydantic model so that the API's query (``TicketQuery``) is this
+    with a page added, not a second list of the same fields."""
+
+    model_config = ConfigDict(frozen=True)
+
     team: str | None = None
-    status: str | None = None
+    status: TicketStatus | None = None
     urgency: str | None = None
+    topic: str | None = None
     handler: str | None = None
     customer_id: str | None = None
-    breached: bool | None = None
+    breached: bool | None = Field(
+        default=None, description="true: a deadline was missed; false: none was"
+    )
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A request field the store cannot use: where it is (``("secondary_topics", 0)``; empty:
+    the request as a whole) and why."""
+
+    field: tuple[str | int, ...]
+    message: str
+
+    def __str__(self) -> str:
+        """``secondary_topics[0]: ...``: the field as a client would write it."""
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in self.field)
+        return f"{where.removeprefix('.')}: {self.message}" if where else self.message
+
+
+class InvalidFieldsError(InputError):
+    """Request fields the store cannot use, kept as :class:`Problem` so that the API can name
+    each by its ``loc``, as request validation does."""
+
+    def __init__(self, what: str, problems: Sequence[Problem]):
+        super().__init__(f"{what}: " + "; ".join(map(str, problems)))
+        self.problems = tuple(problems)
+
+
+def _refuse(what: str, problems: Sequence[Problem]) -> None:
+    if problems:
+        raise InvalidFieldsError(what, problems)
 
 
 @dataclass(frozen=True)
@@ -106,6 +151,10 @@ def _request_hash(message: Message) -> str:
 def _masked(text: str) -> str:
     """An agent's free text as it may be stored: normalised, personal data masked."""
     return mask_pii(normalize(text)).text
+
+
+def _due(ticket: Ticket) -> tuple[datetime, datetime]:
+    return ticket.first_response_due_at, ticket.resolution_due_at
 
 
 def _event(ticket: Ticket, at: datetime, kind: str, actor: str | None, /, **detail: Any) -> None:
@@ -449,11 +498,15 @@ class TicketService:
 
     # --- reading --------------------------------------------------------------------------
 
-    def _load(self, session: Session, ticket_id: int) -> Ticket:
+    def _load(self, session: Session, ticket_id: int, *, lock: bool = False) -> Ticket:
+        """The ticket with its messages and events; ``lock`` holds its row until the transaction
+        ends (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's BEGIN IMMEDIATE already
+        serialises), for a change that reads what a concurrent one may be writing."""
         ticket = session.get(
             Ticket,
             ticket_id,
             options=[selectinload(Ticket.messages), selectinload(Ticket.events)],
+            with_for_update=lock,
         )
         if ticket is None:
             raise NotFoundError(f"ticket {ticket_id} does not exist")
@@ -475,6 +528,7 @@ class TicketService:
             (Ticket.team_id, filters.team),
             (Ticket.status, filters.status),
             (Ticket.urgency, filters.urgency),
+            (Ticket.topic, filters.topic),
             (Ticket.handler_id, filters.handler),
             (Ticket.customer_id, filters.customer_id),
         ):
@@ -485,15 +539,27 @@ class TicketService:
             query = query.where(breached if filters.breached else not_(breached))
         return query
 
+    def _filter_problems(self, session: Session, filters: TicketFilter) -> list[Problem]:
+        """Filters naming a team, urgency or topic that does not exist: a typo would otherwise
+        read as "no such tickets". Teams are those of the store, so that the tickets of a team
+        removed from the routing file can still be listed."""
+        allowed = {
+            "team": list(session.scalars(select(Team.id).order_by(Team.id))),
+            "urgency": self.taxonomy.urgency_ids,
+            "topic": self.taxonomy.topic_ids,
+        }
+        return [
+            Problem((name,), f"expected one of {values} (got {value!r})")
+            for name, values in allowed.items()
+            if (value := getattr(filters, name)) is not None and value not in values
+        ]
+
     def list_tickets(self, filters: TicketFilter, limit: int = 50, offset: int = 0) -> TicketPage:
-        """Tickets matching every given filter, newest first; an urgency the taxonomy does not
-        list is an input error, not an empty page."""
-        if filters.urgency is not None and filters.urgency not in self.taxonomy.urgency_ids:
-            raise InputError(
-                f"urgency: expected one of {self.taxonomy.urgency_ids} (got {filters.urgency!r})"
-            )
+        """Tickets matching every given filter, newest first; an unknown team, urgency or topic
+        is an :class:`InvalidFieldsError`, not an empty page."""
         now = self.clock()
         with self.db.transaction() as session:
+            _refuse("filters", self._filter_problems(session, filters))
             total = session.scalar(
                 self._filtered(select(func.count()).select_from(Ticket), filters, now)
             )
@@ -660,7 +726,9 @@ class TicketService:
                 self._drain(session, freed, now, actor)
             return self._detail(session, ticket)
 
-    def resolve(self, ticket_id: int, actor: str | None) -> TicketDetail:
+    def resolve(self, ticket_id: int, actor: str | None, reason: str | None = None) -> TicketDetail:
+        """Resolve the ticket (the reason is kept, masked, in the audit trail); the handler's
+        freed capacity goes to the team's queue."""
         now = self.clock()
         with self.db.transaction() as session:
             ticket = self._load(session, ticket_id)
@@ -670,7 +738,8 @@ class TicketService:
             was_assigned = ticket.status == ASSIGNED
             ticket.status, ticket.resolved_at, ticket.updated_at = RESOLVED, now, now
             session.flush()
-            _event(ticket, now, "resolved", actor, handler=ticket.handler_id)
+            masked = (_masked(reason) if reason else "") or None
+            _event(ticket, now, "resolved", actor, handler=ticket.handler_id, reason=masked)
             if was_assigned:
                 self._drain(session, ticket.team_id, now, actor)
             return self._detail(session, ticket)
@@ -734,13 +803,16 @@ class TicketService:
     ) -> MessageOutcome:
         """Record a message on a ticket. An agent's message stops the first-response clock. A
         customer's follow-up is triaged and classified: thanks or a confirmation never reopen,
-        a new complaint escalates, anything else reopens a resolved ticket."""
+        a new complaint escalates, anything else reopens a resolved ticket.
+
+        A ``client_message_id`` sent again with the same text replays the first outcome; with
+        another text it is a conflict, as an idempotency key is for tickets."""
         with self.db.transaction() as session:
             ticket = self._load(session, ticket_id)
             if client_message_id is not None:
-                for earlier in ticket.messages:
-                    if earlier.client_message_id == client_message_id:
-                        return self._outcome(session, ticket, earlier, "none", replayed=True)
+                replay = self._replayed(session, ticket, client_message_id, author, _masked(text))
+                if replay is not None:
+                    return replay
             channel = ticket.channel
         if author == "agent":
             return self._agent_reply(ticket_id, text, author_id, client_message_id)
@@ -759,7 +831,9 @@ class TicketService:
                 result=result.model_dump(mode="json"),
                 explanation=[f"follow-up: {decision.kind}", *decision.reasons],
             )
-            ticket.messages.append(message)
+            replay = self._insert_message(session, ticket, message)
+            if replay is not None:
+                return replay
             ticket.updated_at = now
             _event(ticket, now, "message", author_id, kind=decision.kind)
             action: FollowupAction = "none"
@@ -770,7 +844,9 @@ class TicketService:
                 self.db.lock_teams(session, [ticket.team_id])
                 self._reopen(session, ticket, now, author_id, "the customer wrote again")
                 action = "reopened"
-            message.explanation.append(_action_text(action, ticket))
+            # Assigned, not appended: the message is stored already, and an in-place change
+            # of a JSON column is not saved.
+            message.explanation = [*message.explanation, _action_text(action, ticket)]
             return self._outcome(session, ticket, message, action, replies=result)
 
     def _agent_reply(
@@ -785,7 +861,6 @@ class TicketService:
             first = ticket.first_responded_at is None
             explanation = ["agent reply"]
             if first:
-                ticket.first_responded_at = now
                 explanation.append("first response: the first-response clock stops")
             message = TicketMessage(
                 created_at=now,
@@ -797,10 +872,55 @@ class TicketService:
                 result=None,
                 explanation=explanation,
             )
-            ticket.messages.append(message)
+            replay = self._insert_message(session, ticket, message)
+            if replay is not None:
+                return replay
+            if first:
+                ticket.first_responded_at = now
             ticket.updated_at = now
             _event(ticket, now, "first_response" if first else "message", author_id)
             return self._outcome(session, ticket, message, "first_response" if first else "none")
+
+    def _replayed(
+        self, session: Session, ticket: Ticket, client_message_id: str, author: str, masked: str
+    ) -> MessageOutcome | None:
+        """The replay of the ticket's message with this client id, None when there is none; the
+        id with another author or text (compared masked, as stored) is a conflict."""
+        earlier = session.scalar(
+            select(TicketMessage).where(
+                TicketMessage.ticket_id == ticket.id,
+                TicketMessage.client_message_id == client_message_id,
+            )
+        )
+        if earlier is None:
+            return None
+        if (earlier.author, earlier.masked_text) != (author, masked):
+            raise IdempotencyKeyReusedError(
+                f"message id {client_message_id!r} was used for message {earlier.id} of ticket "
+                f"{ticket.id} with a different text; use a new id for a new message"
+            )
+        return self._outcome(session, ticket, earlier, "none", replayed=True)
+
+    def _insert_message(
+        self, session: Session, ticket: Ticket, message: TicketMessage
+    ) -> MessageOutcome | None:
+        """Store the message before anything else changes; None when stored. When a concurrent
+        request stored the same client id first (the unique index decides), that message's
+        replay, or a conflict when the text differs."""
+        try:
+            with session.begin_nested():
+                ticket.messages.append(message)
+                session.flush()
+        except IntegrityError:
+            if message.client_message_id is None:
+                raise
+            replay = self._replayed(
+                session, ticket, message.client_message_id, message.author, message.masked_text
+            )
+            if replay is None:
+                raise
+            return replay
+        return None
 
     def _escalate(
         self,
@@ -810,16 +930,17 @@ class TicketService:
         now: datetime,
         actor: str | None,
     ) -> None:
-        """A new complaint: reopen if resolved, raise urgency (never lower it, deadlines only
-        move earlier), and move the ticket to its team's escalation team."""
+        """A new complaint: reopen if resolved, raise urgency (never lower it; deadlines from
+        :meth:`triage.sla.SlaPolicy.raised`, so never already past), and move the ticket to its
+        team's escalation team."""
         target = self.router.escalation_of(ticket.team_id) or ticket.team_id
         source = ticket.team_id
         self.db.lock_teams(session, [source, target])
         rank = self.taxonomy.urgency_rank
         if rank(result.urgency) < rank(ticket.urgency):
-            first_due, resolution_due = self.config.sla.deadlines(result.urgency, ticket.created_at)
-            ticket.first_response_due_at = min(ticket.first_response_due_at, first_due)
-            ticket.resolution_due_at = min(ticket.resolution_due_at, resolution_due)
+            ticket.first_response_due_at, ticket.resolution_due_at = self.config.sla.raised(
+                result.urgency, now, _due(ticket)
+            )
             _event(ticket, now, "urgency_raised", actor, old=ticket.urgency, new=result.urgency)
             ticket.urgency = result.urgency
         if ticket.status == RESOLVED:
@@ -864,20 +985,42 @@ class TicketService:
 
     # --- feedback -------------------------------------------------------------------------
 
-    def add_feedback(self, ticket_id: int, request: FeedbackRequest) -> FeedbackView:
-        """Store an agent's corrected labels for a customer message. Corrections of the opening
-        message also correct the ticket (its SLA deadlines follow a corrected urgency)."""
-        corrections = {
-            name: getattr(request, name)
-            for name in FEEDBACK_LABELS
-            if getattr(request, name) is not None
-        }
+    def _feedback_problems(self, request: FeedbackRequest) -> list[Problem]:
+        """Labels the taxonomy does not list, or no label at all."""
+        corrections = _corrections(request)
         if not corrections:
-            raise InputError(f"feedback: expected at least one of {list(FEEDBACK_LABELS)}")
-        self._check_labels(corrections)
+            return [Problem((), f"expected at least one of {list(FEEDBACK_LABELS)}")]
+        allowed = {
+            "topic": self.taxonomy.topic_ids,
+            "sentiment": self.taxonomy.sentiments,
+            "urgency": self.taxonomy.urgency_ids,
+        }
+        problems = [
+            Problem((name,), f"expected one of {values} (got {corrections[name]!r})")
+            for name, values in allowed.items()
+            if name in corrections and corrections[name] not in values
+        ]
+        problems += [
+            Problem(
+                ("secondary_topics", i),
+                f"expected one of {self.taxonomy.topic_ids} (got {topic!r})",
+            )
+            for i, topic in enumerate(corrections.get("secondary_topics") or [])
+            if topic not in self.taxonomy.topic_ids
+        ]
+        return problems
+
+    def add_feedback(self, ticket_id: int, request: FeedbackRequest) -> FeedbackView:
+        """Store an agent's corrected labels for a customer message. Labels left out keep their
+        latest value (an earlier correction, else the model's), so a later correction never
+        undoes an earlier one. Corrections of the opening message also correct the ticket."""
+        _refuse("feedback", self._feedback_problems(request))
+        corrections = _corrections(request)
         now = self.clock()
         with self.db.transaction() as session:
-            ticket = self._load(session, ticket_id)
+            # Locked before the latest correction is read: two agents correcting different
+            # labels at once must not both build on the same earlier labels.
+            ticket = self._load(session, ticket_id, lock=True)
             customer_messages = [m for m in ticket.messages if m.author == "customer"]
             if request.message_id is None:
                 message = customer_messages[0]
@@ -889,8 +1032,14 @@ class TicketService:
                     )
                 message = found[0]
             assert message.result is not None
-            labels = {name: message.result[name] for name in FEEDBACK_LABELS}
-            labels.update(corrections)
+            latest = session.scalar(
+                select(Feedback.labels)
+                .where(Feedback.message_id == message.id)
+                .order_by(Feedback.id.desc())
+                .limit(1)
+            )
+            previous = latest or {name: message.result[name] for name in FEEDBACK_LABELS}
+            labels = previous | corrections
             labels["secondary_topics"] = [
                 t for t in labels["secondary_topics"] if t != labels["topic"]
             ]
@@ -904,46 +1053,125 @@ class TicketService:
                 note=(_masked(request.note) if request.note else "") or None,
             )
             session.add(feedback)
-            if message is customer_messages[0]:
-                self._correct_ticket(ticket, labels, now, request.agent)
             _event(ticket, now, "feedback", request.agent, corrected=sorted(corrections))
+            if message is customer_messages[0]:
+                result = TriageResult.model_validate(message.result)
+                self._correct_ticket(session, ticket, result, previous, labels, now, request.agent)
             session.flush()
             return _feedback_view(feedback)
 
-    def _check_labels(self, labels: dict[str, Any]) -> None:
-        allowed = {
-            "topic": self.taxonomy.topic_ids,
-            "sentiment": self.taxonomy.sentiments,
-            "urgency": self.taxonomy.urgency_ids,
-        }
-        problems = [
-            f"{name}: expected one of {values} (got {labels[name]!r})"
-            for name, values in allowed.items()
-            if name in labels and labels[name] not in values
-        ]
-        problems += [
-            f"secondary_topics.{i}: expected one of {self.taxonomy.topic_ids} (got {topic!r})"
-            for i, topic in enumerate(labels.get("secondary_topics") or [])
-            if topic not in self.taxonomy.topic_ids
-        ]
-        if problems:
-            raise InputError("feedback: " + "; ".join(problems))
-
     def _correct_ticket(
-        self, ticket: Ticket, labels: dict[str, Any], now: datetime, agent: str
+        self,
+        session: Session,
+        ticket: Ticket,
+        result: TriageResult,
+        previous: dict[str, Any],
+        labels: dict[str, Any],
+        now: datetime,
+        agent: str,
     ) -> None:
+        """The ticket follows its opening message's corrected labels: deadlines as for an
+        escalation when urgency rises, from creation (never earlier) when it falls; and when
+        the corrected labels route elsewhere than the ticket's current rule, team and skill,
+        routing as a new ticket gets it (rules and their notifications included), unless it is
+        resolved. Compared with where the ticket is, not with the labels before, so that a
+        correction made while it was resolved applies at the next one. A ticket escalated by
+        a follow-up keeps its team and its raised urgency: correcting the opening message does
+        not undo the follow-up; one a person assigned moves only when the correction changes
+        where its labels route."""
         ticket.topic, ticket.sentiment = labels["topic"], labels["sentiment"]
         ticket.is_complaint = labels["is_complaint"]
-        if labels["urgency"] != ticket.urgency:
-            first_due, resolution_due = self.config.sla.deadlines(
-                labels["urgency"], ticket.created_at
+        rank = self.taxonomy.urgency_rank
+        urgency = labels["urgency"]
+        if ticket.escalated:
+            urgency = min(urgency, ticket.urgency, key=rank)
+        if urgency != ticket.urgency:
+            sla = self.config.sla
+            ticket.first_response_due_at, ticket.resolution_due_at = (
+                sla.raised(urgency, now, _due(ticket))
+                if rank(urgency) < rank(ticket.urgency)
+                else sla.lowered(urgency, ticket.created_at, _due(ticket))
             )
-            ticket.first_response_due_at, ticket.resolution_due_at = first_due, resolution_due
-            _event(
-                ticket, now, "urgency_corrected", agent, old=ticket.urgency, new=labels["urgency"]
-            )
-            ticket.urgency = labels["urgency"]
+            _event(ticket, now, "urgency_corrected", agent, old=ticket.urgency, new=urgency)
+            ticket.urgency = urgency
         ticket.updated_at = now
+        if ticket.status == RESOLVED or ticket.escalated:
+            return
+        after = self.router.decide(_facts(ticket, result, labels))
+        if _route(after) == (ticket.rule, ticket.team_id, ticket.skill):
+            return
+        if _placed_by_hand(ticket):
+            before = self.router.decide(_facts(ticket, result, previous))
+            if _route(after) == _route(before):
+                return
+        self._reroute(session, ticket, after, now, agent)
+
+    def _reroute(
+        self, session: Session, ticket: Ticket, decision: RouteDecision, now: datetime, actor: str
+    ) -> None:
+        """Move an open ticket where routing now sends it, as creation would have; within the
+        same team its handler keeps it while they have the skill."""
+        source = ticket.team_id
+        self.db.lock_teams(session, [source, decision.team])
+        preferred = decision.preferred_handler or (
+            ticket.handler_id if decision.team == source else None
+        )
+        freed = self._release(session, ticket)
+        ticket.team_id, ticket.skill, ticket.rule = decision.team, decision.skill, decision.rule
+        ticket.route_reason = decision.reason
+        _event(
+            ticket,
+            now,
+            "rerouted",
+            actor,
+            rule=decision.rule,
+            team=decision.team,
+            from_team=source,
+            reason=decision.reason,
+        )
+        for supervisor in decision.notify:
+            if supervisor not in ticket.notify:
+                ticket.notify = [*ticket.notify, supervisor]
+                _event(ticket, now, "notified", None, supervisor=supervisor, rule=decision.rule)
+        self._assign(session, ticket, preferred, now, actor)
+        if freed is not None:
+            self._drain(session, freed, now, actor)
+
+
+def _corrections(request: FeedbackRequest) -> dict[str, Any]:
+    return {
+        name: getattr(request, name)
+        for name in FEEDBACK_LABELS
+        if getattr(request, name) is not None
+    }
+
+
+def _route(decision: RouteDecision) -> tuple[str, str, str | None]:
+    """What a reroute changes: rule, team and skill (not the reason's wording)."""
+    return decision.rule, decision.team, decision.skill
+
+
+def _placed_by_hand(ticket: Ticket) -> bool:
+    """Whether a person assigned the ticket to a handler since routing last placed it."""
+    for event in reversed(ticket.events):
+        if event.kind == "rerouted":
+            return False
+        if event.kind == "assigned" and event.detail.get("reason") == "manual":
+            return True
+    return False
+
+
+def _facts(ticket: Ticket, result: TriageResult, labels: dict[str, Any]) -> Facts:
+    """What routing sees of the opening message under the given labels."""
+    return replace(
+        Facts.of(result, None),
+        topic=labels["topic"],
+        urgency=labels["urgency"],
+        sentiment=labels["sentiment"],
+        is_complaint=labels["is_complaint"],
+        tier=ticket.customer_tier,
+        customer_id=ticket.customer_id,
+    )
 
 
 def _trend(messages: Sequence[TicketMessage]) -> SentimentTrend:
