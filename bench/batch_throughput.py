@@ -82,6 +82,7 @@ def run_cli(
         "--workers",
         str(workers),
         "--no-progress",
+        "--overwrite",  # each run writes the same output file
         "--model-dir",
         str(model_dir),
     ]
