@@ -10,8 +10,7 @@ from common import markdown_table, write_result
 
 from triage.cues import load_cue_lexicon
 from triage.taxonomy import load_taxonomy
-from triage.training.corpus import load_corpus, seed_corpus_path
-from triage.training.train import prepare_text
+from triage.training.corpus import load_corpus, prepare_text, seed_corpus_path
 
 
 def main() -> None:

@@ -30,14 +30,14 @@ from triage.drafts import SITUATION_HEAD
 from triage.models.linear import HeadData, LinearConfig, LinearEngine
 from triage.replies import load_template_bank
 from triage.taxonomy import load_taxonomy
-from triage.training.corpus import CorpusRecord, load_corpus, seed_corpus_path
+from triage.training.corpus import CorpusRecord, load_corpus, prepare_text, seed_corpus_path
 from triage.training.situations import (
     load_situation_labels,
     seed_situations_path,
     situation_head_data,
     situation_head_labels,
 )
-from triage.training.train import CORPUS_LABELS, label_sets, prepare_text
+from triage.training.train import CORPUS_LABELS, label_sets
 
 Variant = tuple[str, LinearConfig, bool]  # name, setting, with the round's rows
 

@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from triage.models.linear import FloatArray, HeadData, LinearConfig, LinearEngine
 from triage.taxonomy import load_taxonomy
-from triage.training.corpus import CorpusRecord, load_corpus, seed_corpus_path
-from triage.training.train import CORPUS_LABELS, label_sets, prepare_text
+from triage.training.corpus import CorpusRecord, load_corpus, prepare_text, seed_corpus_path
+from triage.training.train import CORPUS_LABELS, label_sets
 
 
 def out_of_fold(

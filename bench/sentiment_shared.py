@@ -40,8 +40,8 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from triage.models.linear import HeadData, LinearConfig, LinearEngine
 from triage.pipeline import TriagePipeline
 from triage.schemas import Message
+from triage.training.corpus import prepare_text
 from triage.training.review_corpus import review_corpus_files
-from triage.training.train import prepare_text
 
 DATASETS = {"waimai_10k.csv": 0.91, "ChnSentiCorp_htl_all.csv": 0.90}
 OUT_OF_DOMAIN_TARGET = 0.85

@@ -56,9 +56,9 @@ from triage.models.linear import (
 from triage.pipeline import TriagePipeline
 from triage.taxonomy import load_taxonomy
 from triage.text import Segmenter, _jieba_rs
-from triage.training.corpus import CorpusRecord
+from triage.training.corpus import CorpusRecord, prepare_text
 from triage.training.review_corpus import load_review_sentences
-from triage.training.train import TrainArguments, load_training_corpus, prepare_text
+from triage.training.train import TrainArguments, load_training_corpus
 
 # c: the plain fit's C; naive_bayes_c and naive_bayes_share: the C and the share of the
 # naive-Bayes-scaled fit averaged with it (LinearConfig.naive_bayes_c, .naive_bayes_share).

@@ -40,7 +40,7 @@ from triage.errors import ConfigError
 from triage.models.linear import HeadData, LinearConfig, LinearEngine
 from triage.replies import load_situation_keywords, load_template_bank
 from triage.taxonomy import load_taxonomy
-from triage.training.corpus import CorpusRecord, load_corpus, seed_corpus_path
+from triage.training.corpus import CorpusRecord, load_corpus, prepare_text, seed_corpus_path
 from triage.training.situations import (
     ACCEPTABLE_WEIGHT,
     SituationLabel,
@@ -49,7 +49,6 @@ from triage.training.situations import (
     situation_head_data,
     situation_head_labels,
 )
-from triage.training.train import prepare_text
 
 Array = NDArray[np.float64]
 Rule = tuple[Callable[..., Array], list[tuple[float, ...]]]

@@ -26,7 +26,7 @@ from sklearn.model_selection import train_test_split
 
 from triage.models.ensemble import CRITERIA, EnsembleEngine
 from triage.models.linear import HeadSpec, LinearConfig
-from triage.training.train import prepare_text
+from triage.training.corpus import prepare_text
 from triage.training.transformer import (
     MultiTaskRows,
     Trainer,

@@ -28,8 +28,7 @@ from common import markdown_table, write_result
 from triage.models.linear import HeadSpec
 from triage.models.transformer import RUNTIMES, TransformerEngine
 from triage.taxonomy import load_taxonomy
-from triage.training.corpus import load_corpus, seed_corpus_path
-from triage.training.train import prepare_text
+from triage.training.corpus import load_corpus, prepare_text, seed_corpus_path
 
 DEFAULT_BASE_MODEL = os.environ.get("TRIAGE_E5_DIR", "/work/cache/e5-small-hf")
 TARGET = 150.0

@@ -32,8 +32,7 @@ from triage.cues import CueLexicon, load_cue_lexicon
 from triage.models.linear import HeadData, LinearConfig, LinearEngine
 from triage.pipeline import Thresholds
 from triage.taxonomy import load_taxonomy
-from triage.training.corpus import load_corpus, seed_corpus_path
-from triage.training.train import prepare_text
+from triage.training.corpus import load_corpus, prepare_text, seed_corpus_path
 
 # 1.01: the model's most likely level only.
 THRESHOLDS = (

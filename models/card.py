@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from collections.abc import Sequence
 from dataclasses import fields
@@ -39,6 +40,14 @@ class MetaIdentity:
     @property
     def version(self) -> str:
         return str(self.meta.get("version", "unsaved"))
+
+
+def readable_as_umask_allows(path: Path) -> None:
+    """Give a file the mode a plain new file gets: safetensors' ``save_file`` creates it
+    readable by its owner only, which hides a model's weights from a service account."""
+    mask = os.umask(0)
+    os.umask(mask)
+    path.chmod(0o666 & ~mask)
 
 
 def non_default_fields(config: Any) -> dict[str, Any]:

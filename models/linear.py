@@ -31,7 +31,13 @@ from sklearn.linear_model import LogisticRegression
 
 from triage.cues import CueLexicon, load_cue_lexicon_file
 from triage.errors import ConfigError, ModelError
-from triage.models.card import MetaIdentity, library_versions, non_default_fields, write_model_card
+from triage.models.card import (
+    MetaIdentity,
+    library_versions,
+    non_default_fields,
+    readable_as_umask_allows,
+    write_model_card,
+)
 from triage.models.hidden import MISSING, HiddenLayer, HiddenLayerFit
 from triage.polarity import PolarityLexicon, load_polarity_lexicon
 from triage.text import Segmenter, segment
@@ -813,6 +819,7 @@ class LinearEngine(MetaIdentity):
             tensors.update(self.hidden.tensors(HIDDEN_PREFIX))
         weights_path = directory / WEIGHTS_FILE
         save_file(tensors, str(weights_path))
+        readable_as_umask_allows(weights_path)
         self.meta.update(meta or {})
         # The version identifies behaviour: the weights, the lexicons features were counted
         # with and the decision thresholds.

@@ -30,7 +30,13 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from triage.errors import ConfigError, ModelError
-from triage.models.card import MetaIdentity, library_versions, non_default_fields, write_model_card
+from triage.models.card import (
+    MetaIdentity,
+    library_versions,
+    non_default_fields,
+    readable_as_umask_allows,
+    write_model_card,
+)
 from triage.models.linear import CONFIG_FILE, FloatArray, HeadSpec
 
 FORMAT_VERSION = 1
@@ -384,6 +390,7 @@ class TransformerEngine(MetaIdentity):
         self.model.encoder.save_pretrained(encoder_dir)
         self.tokenizer.save_pretrained(encoder_dir)
         save_file(self.head_tensors(), str(directory / HEADS_FILE))
+        readable_as_umask_allows(directory / HEADS_FILE)
         stale = directory / ONNX_DIR
         if stale.is_dir():  # an export of earlier weights
             for path in stale.iterdir():

@@ -19,7 +19,8 @@ import numpy as np
 from triage.models.linear import CONFIG_FILE, FloatArray, HeadSpec
 from triage.pipeline import HEADS
 from triage.taxonomy import load_taxonomy
-from triage.training.train import label_sets, prepare_text
+from triage.training.corpus import prepare_text
+from triage.training.train import label_sets
 
 
 class FixedEngine:

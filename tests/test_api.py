@@ -159,6 +159,13 @@ def test_openapi_documents_paths_and_limits(client: TestClient) -> None:
             "personal_data_in_id",
             ["body", "customer", "id"],
         ),
+        (
+            {"text": "你好", "customer": {"id": 13812345678}},
+            "personal_data_in_id",
+            ["body", "customer", "id"],
+        ),
+        ({"text": "你好", "id": 4.5}, "invalid_request", ["body", "id"]),
+        ({"text": "你好", "id": True}, "invalid_request", ["body", "id"]),
     ],
 )
 def test_single_bad_input(client: TestClient, body: Any, code: str, loc: list[Any]) -> None:
@@ -246,6 +253,13 @@ def test_opaque_numeric_customer_ids_and_blank_tiers_are_accepted(client: TestCl
     snowflake = "1234567890123456789"  # passes the card checksum, as one number in ten does
     body = {"text": "你好", "customer": {"id": snowflake, "tier": "  "}}
     assert client.post("/v1/triage", json=body).status_code == 200
+
+
+def test_whole_number_ids_are_taken_as_their_text(client: TestClient) -> None:
+    body = {"text": "你好", "id": 42, "customer": {"id": 1001}}
+    response = client.post("/v1/triage", json=body)
+    assert response.status_code == 200
+    assert response.json()["id"] == "42"
 
 
 def test_a_lone_surrogate_escape_is_replaced_not_a_500(client: TestClient) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 import sys
@@ -10,14 +11,16 @@ import types
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 import triage.service
 from tests.conftest import read_jsonl
-from triage.cli import main
+from triage.cli import describe, main
 from triage.config import Settings
 from triage.pipeline import TriagePipeline
 from triage.schemas import TriageResult
+from triage.taxonomy import load_taxonomy
 from triage.training.corpus import seed_corpus_path
 
 MESSAGE = "我的手机号13812345678，快递丢了半个月还不处理，再不赔我就去消协投诉，还要起诉你们！"
@@ -65,7 +68,7 @@ def test_classify_readable(runner, small_model_dir):
     urgency = lines["urgency"]
     assert urgency.split()[1].rstrip(",") == expected.urgency == "P1"
     model_urgency = max(expected.urgency_scores, key=expected.urgency_scores.__getitem__)
-    if model_urgency != "P1":
+    if model_urgency != "P1" and expected.urgency_scores["P1"] < 0.05:
         assert f"raised from {model_urgency}" in urgency
         assert all(cue.text in urgency for cue in expected.cues if cue.floor == "P1")
     assert lines["complaint"].split()[1] == ("yes" if expected.is_complaint else "no")
@@ -77,6 +80,22 @@ def test_classify_readable(runner, small_model_dir):
         assert f"  - {line}" in result.stdout
     assert lines["masked text"].endswith(expected.masked_text)
     assert "13812345678" not in result.stdout
+
+
+def test_readable_urgency_is_the_pipelines_own_account(small_pipeline):
+    result = small_pipeline.triage_one("请问你们几点开门")
+    decided = "urgency P1 from the model: P(P1) 0.06 >= 0.05 (recall-oriented threshold)"
+    by_threshold = result.model_copy(update={"urgency": "P1", "explanation": [decided]})
+    raised = "urgency raised from P4 (model) to P1 by cue safety: '漏电'"
+    by_cue = result.model_copy(update={"urgency": "P1", "explanation": [raised]})
+    lines = [
+        next(line for line in describe(r).splitlines() if line.startswith("urgency"))
+        for r in (by_threshold, by_cue)
+    ]
+    assert lines == [
+        "urgency       P1 from the model: P(P1) 0.06 >= 0.05 (recall-oriented threshold)",
+        "urgency       P1, raised from P4 (model) to P1 by cue safety: '漏电'",
+    ]
 
 
 def test_classify_json(runner, small_model_dir, small_pipeline):
@@ -320,6 +339,74 @@ def test_train_small_model(runner, tmp_path, small_train_file):
     pipeline = TriagePipeline.from_directory(out)
     assert pipeline.triage_one("快递三天没到").topic in pipeline.taxonomy.topic_ids
     assert json.loads((out / "config.json").read_text(encoding="utf-8"))["metrics"]["dev"]
+
+
+def _renamed_topic(path: Path, source: Path, lines: slice) -> Path:
+    """Seed messages with the topic logistics called shipping, as another taxonomy has it."""
+    rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines()[lines]]
+    for row in rows:
+        row["topic"] = "shipping" if row["topic"] == "logistics" else row["topic"]
+        row["secondary_topics"] = [
+            "shipping" if t == "logistics" else t for t in row["secondary_topics"]
+        ]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    return path
+
+
+def test_train_learns_the_configured_taxonomy(runner, tmp_path, monkeypatch, small_train_file):
+    taxonomy = load_taxonomy().model_dump()
+    taxonomy["topics"][0]["id"] = "shipping"
+    taxonomy_path = tmp_path / "taxonomy.yaml"
+    taxonomy_path.write_text(yaml.safe_dump(taxonomy, allow_unicode=True), encoding="utf-8")
+    monkeypatch.setenv("TRIAGE_TAXONOMY_PATH", str(taxonomy_path))
+    train = _renamed_topic(tmp_path / "train.jsonl", small_train_file, slice(0, 1200))
+    dev = _renamed_topic(tmp_path / "dev.jsonl", small_train_file, slice(1200, 1500))
+    command = ["train", "--data", str(train), "--dev", str(dev), "--no-review-corpus"]
+
+    # The packaged reply bank is of the packaged topics: the situation head cannot learn it.
+    refused = runner.invoke(main, [*command, "--out", str(tmp_path / "refused")])
+    assert refused.exit_code == 2
+    assert "--no-situation-head" in refused.stderr and "TRIAGE_REPLIES_DIR" in refused.stderr
+
+    out = tmp_path / "model"
+    result = runner.invoke(main, [*command, "--no-situation-head", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config["heads"]["topic"]["labels"][0] == "shipping"
+
+
+def test_train_refuses_a_head_with_one_label(runner, tmp_path):
+    rows = [json.loads(line) for line in seed_corpus_path("train").read_text("utf-8").splitlines()]
+    one_urgency = tmp_path / "p3.jsonl"
+    one_urgency.write_text(
+        "".join(
+            json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:300] if r["urgency"] == "P3"
+        ),
+        encoding="utf-8",
+    )
+    result = runner.invoke(
+        main, ["train", "--data", str(one_urgency), "--out", str(tmp_path / "m")]
+    )
+    assert result.exit_code == 2
+    assert "urgency: expected messages of at least two labels" in result.stderr
+    assert "(got only ['P3'])" in result.stderr
+
+
+def test_evaluate_warns_when_the_data_is_a_file_the_model_learned(runner, tmp_path, labeled_file):
+    lines = seed_corpus_path("train").read_text(encoding="utf-8").splitlines()[:400]
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "model"
+    command = ["train", "--data", str(train), "--dev", str(labeled_file), "--no-review-corpus"]
+    assert runner.invoke(main, [*command, "--out", str(out)]).exit_code == 0
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config["data"]["train_file_sha256"] == [hashlib.sha256(train.read_bytes()).hexdigest()]
+
+    seen = runner.invoke(main, ["evaluate", str(out), str(train), "--no-progress"])
+    assert seen.exit_code == 0, seen.output
+    assert f"warning: {out} was trained on {train}" in seen.stderr
+    unseen = runner.invoke(main, ["evaluate", str(out), str(labeled_file), "--no-progress"])
+    assert unseen.exit_code == 0 and "warning" not in unseen.stderr
 
 
 def test_train_rejects_an_invalid_corpus(runner, tmp_path):

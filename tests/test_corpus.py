@@ -211,3 +211,18 @@ def test_check_disjoint_rejects_shared_ids_and_texts():
         check_disjoint([a], [b_same_id])
     with pytest.raises(ConfigError, match="快递三天还没到"):
         check_disjoint([a], [b_same_text])
+
+
+@pytest.mark.parametrize(
+    "copy",
+    [
+        "快遞三天還沒到，電話13812345678",
+        "快递三天还没到, 电话 139 0000 1111 ",
+        "<p>快递三天还没到，电话13812345678</p>",
+    ],
+)
+def test_check_disjoint_sees_copies_that_differ_only_as_the_model_cannot_see(copy):
+    train = [CorpusRecord.model_validate(_record(id="a", text="快递三天还没到，电话13812345678"))]
+    dev = [CorpusRecord.model_validate(_record(id="b", text=copy))]
+    with pytest.raises(ConfigError, match="1 texts"):
+        check_disjoint(train, dev)

@@ -17,8 +17,7 @@ from triage.models.linear import HeadSpec, LinearEngine
 from triage.models.transformer import TransformerEngine
 from triage.pipeline import TriagePipeline
 from triage.taxonomy import load_taxonomy
-from triage.training.corpus import load_corpus, seed_corpus_path
-from triage.training.train import prepare_text
+from triage.training.corpus import load_corpus, prepare_text, seed_corpus_path
 
 
 @pytest.fixture(scope="module")

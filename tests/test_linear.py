@@ -444,6 +444,11 @@ def test_save_writes_config_weights_and_card_and_no_pickle(saved):
         assert not path.read_bytes().startswith(b"\x80")
 
 
+def test_weights_get_the_mode_of_every_other_saved_file(saved):
+    modes = {path.name: path.stat().st_mode & 0o777 for path in saved.iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"], modes
+
+
 def test_saved_config_describes_heads_and_features(saved):
     config = json.loads((saved / "config.json").read_text(encoding="utf-8"))
     assert config["engine"] == "linear"

@@ -30,7 +30,8 @@ from triage.config import Settings
 from triage.models.linear import Featurizer, HeadSpec, LinearConfig, LinearEngine
 from triage.replies import load_template_bank, situation_label
 from triage.taxonomy import load_taxonomy
-from triage.training.train import label_sets, prepare_text
+from triage.training.corpus import prepare_text
+from triage.training.train import label_sets
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "api_responses.json"
 

@@ -165,6 +165,19 @@ def test_p1_cue_raises_model_urgency_and_is_explained(small_pipeline):
     assert "safety" in lines[0] and "P1" in lines[0] and "P4" in lines[0]
 
 
+def test_p1_by_threshold_names_p1_probability_not_the_likeliest_level(small_pipeline):
+    p1 = round(small_pipeline.thresholds.top_urgency_probability + 0.01, 2)
+    pipeline = _fixed(small_pipeline, {"P1": p1, "P4": 1 - p1})
+    threshold = pipeline.thresholds.top_urgency_probability
+    result = pipeline.triage_one("请问你们几点开门")
+    assert result.urgency == "P1"
+    [line] = [line for line in result.explanation if line.startswith("urgency")]
+    assert line == (
+        f"urgency P1 from the model: P(P1) {p1:.2f} >= {threshold:.2f} (recall-oriented "
+        f"threshold; most likely P4 {1 - p1:.2f})"
+    )
+
+
 def test_gated_floor_below_its_gate_is_skipped_and_explained(small_pipeline):
     lexicon = _gated(small_pipeline, "safety", {"min_model_probability": 0.2})
     low = round(small_pipeline.thresholds.top_urgency_probability / 2, 2)  # below every gate

@@ -13,7 +13,7 @@ from tests.conftest import read_jsonl
 from triage.errors import ConfigError
 from triage.models.linear import Featurizer, LinearConfig, LinearEngine
 from triage.polarity import PolarityLexicon, load_polarity_lexicon
-from triage.training.train import prepare_text
+from triage.training.corpus import prepare_text
 
 SMALL = LinearConfig(char_features_log2=12, word_features_log2=12)
 

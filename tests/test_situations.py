@@ -42,7 +42,7 @@ from triage.replies import (
 )
 from triage.schemas import Message, TriageResult
 from triage.taxonomy import load_taxonomy
-from triage.training.corpus import CorpusRecord, load_corpus, seed_corpus_path
+from triage.training.corpus import CorpusRecord, load_corpus, prepare_text, seed_corpus_path
 from triage.training.situations import (
     ACCEPTABLE_WEIGHT,
     load_situation_labels,
@@ -50,7 +50,7 @@ from triage.training.situations import (
     situation_head_data,
     situation_head_labels,
 )
-from triage.training.train import TrainArguments, prepare_text, train_linear
+from triage.training.train import TrainArguments, train_linear
 
 TAXONOMY = load_taxonomy()
 BANK = load_template_bank(TAXONOMY)

@@ -9,8 +9,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from triage.errors import ConfigError
+from triage.pii import mask_pii
 from triage.resources import load_jsonl_records
 from triage.taxonomy import Taxonomy
+from triage.text import normalize
 
 
 class CorpusRecord(BaseModel):
@@ -63,10 +65,23 @@ def load_corpus(path: Path, taxonomy: Taxonomy) -> list[CorpusRecord]:
     return records
 
 
+def prepare_text(text: str) -> str:
+    """The text a model learns from: the same normal, masked form the pipeline produces."""
+    return mask_pii(normalize(text)).text
+
+
+def overlap_key(text: str) -> str:
+    """What two texts share when the model sees the same message (spaces aside)."""
+    return "".join(prepare_text(text).split())
+
+
 def check_disjoint(train: list[CorpusRecord], dev: list[CorpusRecord]) -> None:
-    """The dev split must share neither ids nor texts with the training split."""
+    """The dev split must share neither ids nor texts with the training split; texts are
+    compared as the model sees them and without spaces, so a copy that differs only in width,
+    script, markup, spacing or personal data counts too."""
     shared_ids = {r.id for r in train} & {r.id for r in dev}
-    shared_texts = {r.text.strip() for r in train} & {r.text.strip() for r in dev}
+    dev_texts = {overlap_key(r.text): r.text for r in dev}
+    shared_texts = {dev_texts[k] for k in (overlap_key(r.text) for r in train) if k in dev_texts}
     if shared_ids or shared_texts:
         raise ConfigError(
             f"train and dev overlap: {len(shared_ids)} ids {sorted(shared_ids)[:5]}, "

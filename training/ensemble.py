@@ -11,8 +11,8 @@ from triage.errors import ConfigError
 from triage.models.ensemble import CRITERIA, EnsembleEngine
 from triage.models.linear import CONFIG_FILE
 from triage.taxonomy import load_taxonomy
-from triage.training.corpus import load_corpus, seed_corpus_path
-from triage.training.train import Log, TrainReport, finish_training, prepare_text
+from triage.training.corpus import load_corpus, prepare_text, seed_corpus_path
+from triage.training.train import Log, TrainReport, finish_training
 
 DEFAULT_MODEL_NAME = "triage-ensemble"
 
@@ -24,6 +24,8 @@ class EnsembleTrainArguments:
     out_dir: Path
     members: dict[str, Path]
     dev_path: Path = field(default_factory=lambda: seed_corpus_path("dev"))
+    # The label taxonomy the corpus is checked against and the heads learn (None: packaged).
+    taxonomy_path: Path | None = None
     model_name: str = DEFAULT_MODEL_NAME
     criterion: str = "accuracy"  # or "log_loss"; see models/ensemble.py
 
@@ -54,7 +56,7 @@ class EnsembleTrainArguments:
 def train_ensemble(args: EnsembleTrainArguments, log: Log = lambda _: None) -> TrainReport:
     """Fit per-head weights on dev, tune thresholds on dev, save members and ensemble."""
     started = time.perf_counter()
-    taxonomy = load_taxonomy()
+    taxonomy = load_taxonomy(args.taxonomy_path)
     dev = load_corpus(Path(args.dev_path), taxonomy)
     members = {name: load_engine(Path(path)) for name, path in args.members.items()}
     log(f"members: {', '.join(f'{n} ({m.engine}, {m.version})' for n, m in members.items())}")
@@ -73,6 +75,14 @@ def train_ensemble(args: EnsembleTrainArguments, log: Log = lambda _: None) -> T
         "dev_file": Path(args.dev_path).name,
         "dev_messages": len(dev),
         "members": {name: str(path) for name, path in args.members.items()},
+        # The members' training files, so that evaluating on one of them is warned of.
+        "train_file_sha256": sorted(
+            {
+                digest
+                for member in members.values()
+                for digest in member.meta.get("data", {}).get("train_file_sha256", [])
+            }
+        ),
     }
     return finish_training(
         engine,
@@ -83,4 +93,5 @@ def train_ensemble(args: EnsembleTrainArguments, log: Log = lambda _: None) -> T
         data=data,
         started=started,
         log=log,
+        tune_p1_threshold=True,  # a blend's P1 probabilities are none of its members'
     )

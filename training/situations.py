@@ -9,6 +9,7 @@ together with the bank's own example messages.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from triage.errors import ConfigError
 from triage.models.linear import HeadData
 from triage.replies import TemplateBank, load_template_bank, situation_label
 from triage.resources import load_jsonl_records
@@ -145,6 +147,23 @@ def situation_head_data(
     )
 
 
+def _labels_any(path: Path, ids: set[str]) -> bool:
+    """Whether a label file names any of these messages (a line that is not a JSON object is
+    left to the full, validating read)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the situation labels ({exc.strerror})") from exc
+    for line in filter(str.strip, lines):
+        try:
+            label = json.loads(line)
+        except ValueError:
+            return True
+        if not isinstance(label, dict) or label.get("id") in ids:
+            return True
+    return False
+
+
 def situation_head(
     path: Path,
     records: Sequence[CorpusRecord],
@@ -152,11 +171,23 @@ def situation_head(
     taxonomy: Taxonomy,
     prepare: Callable[[str], str],
     log: Callable[[str], None],
+    bank_dir: Path | None = None,
 ) -> tuple[HeadData, list[str]] | None:
     """Rows and labels of the situation head, from the labels of the training messages in
-    ``path`` and the packaged bank; None when no training message is labeled there."""
-    bank = load_template_bank(taxonomy)
-    labels = load_situation_labels(path, bank, records, partial=True)
+    ``path`` and the bank in ``bank_dir`` (None: the packaged one); None when no training
+    message is labeled there. The bank is read only then, so that a corpus of another
+    taxonomy, without situation labels, trains without a bank of its own."""
+    labels = []
+    if _labels_any(path, {r.id for r in records}):
+        try:
+            bank = load_template_bank(taxonomy, bank_dir)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"situation head: {exc}. It learns the situations of a reply bank that fits "
+                "the taxonomy: give one (TRIAGE_REPLIES_DIR), or train without the head "
+                "(triage train --no-situation-head)"
+            ) from exc
+        labels = load_situation_labels(path, bank, records, partial=True)
     if not labels:
         log(f"situation head: none of the training messages is labeled in {path}; not trained")
         return None

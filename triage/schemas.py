@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
+
+
+def _whole_number_as_text(value: Any) -> Any:
+    """CRMs number their messages and customers: 42 is the id "42" (not a float or a bool)."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+# An id given by the caller: text, or a whole number taken as its decimal text.
+ExternalId = Annotated[
+    str, StringConstraints(max_length=200), BeforeValidator(_whole_number_as_text)
+]
 
 
 class Customer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = Field(default=None, max_length=200)
+    id: ExternalId | None = None
     tier: str | None = Field(
         default=None, max_length=50, description="one of the taxonomy's tiers, e.g. standard or vip"
     )
@@ -28,7 +46,7 @@ class Message(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = Field(default=None, max_length=200)
+    id: ExternalId | None = None
     text: str
     channel: str | None = Field(default=None, max_length=50)
     customer: Customer | None = None

@@ -36,9 +36,11 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def parse_database_url(url: str) -> URL:
-    """A URL SQLAlchemy understands; ``~`` in a SQLite path is expanded and its folder created.
-    PostgreSQL URLs always use psycopg 3, the driver installed with triage."""
+def parse_database_url(url: str, *, existing: bool = False) -> URL:
+    """A URL SQLAlchemy understands; ``~`` in a SQLite path is expanded and its folder created,
+    or with ``existing`` (a command that only reads the store) the file must be there, so that
+    a mistyped path is an error instead of a new, empty store. PostgreSQL URLs always use
+    psycopg 3, the driver installed with triage."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -53,6 +55,10 @@ def parse_database_url(url: str) -> URL:
                 "database is a new, empty one on every connection"
             )
         path = Path(parsed.database).expanduser()
+        if existing and not path.is_file():
+            raise ConfigError(
+                f"database_url: expected an existing ticket store (got {url!r}: no file {path})"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         parsed = parsed.set(database=str(path))
     elif parsed.get_backend_name() == "postgresql":
@@ -85,8 +91,8 @@ def _configure_sqlite(engine: Engine) -> None:
 class Database:
     """An engine and its sessions. Every unit of work runs in :meth:`transaction`."""
 
-    def __init__(self, url: str, *, pool_size: int = 5):
-        self.url = parse_database_url(url)
+    def __init__(self, url: str, *, pool_size: int = 5, existing: bool = False):
+        self.url = parse_database_url(url, existing=existing)
         self.display_url = self.url.render_as_string(hide_password=True)
         options: dict[str, Any] = {"future": True}
         if self.dialect == "postgresql":
